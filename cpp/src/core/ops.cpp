@@ -1,0 +1,358 @@
+// core/ops.cpp — the public entry points: validate, then split the work over the thread pool and
+// run the selected CPU kernel set (core/dispatch.hpp) on each slice.
+#include "nybble/ops.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <vector>
+
+#include "core/dispatch.hpp"
+#include "core/thread_pool.hpp"
+#include "core/validate.hpp"
+
+namespace nybble {
+namespace {
+
+using core::check_dtype;
+using core::check_float;
+using core::check_numel;
+using core::check_tensor;
+using core::describe;
+using core::fail;
+
+// Work per chunk: enough elements that scheduling costs nothing next to the kernel.
+constexpr int64_t kGrainElems = int64_t{1} << 15;
+
+int64_t grain_for(int64_t items_per_unit) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, items_per_unit)); }
+
+void check_packed(const char* op, const TensorView& packed, int64_t n) {
+  check_tensor(op, "packed", packed);
+  if (packed.nbytes() != packed_4bit_bytes(n))
+    fail(ErrorKind::Value, op, "packed = " + describe(packed),
+         "holds " + std::to_string(packed.nbytes()) + " bytes, must hold (n + 1) / 2 = " +
+             std::to_string(packed_4bit_bytes(n)) + " for n = " + std::to_string(n) + " elements");
+}
+
+// Validates scales for nblocks blocks and returns the kernels' view of them.
+cpu::Scales check_scales(const char* op, const BlockScales& s, int64_t nblocks) {
+  check_tensor(op, "absmax", s.absmax);
+  cpu::Scales out;
+  if (!s.nested) {
+    check_dtype(op, "absmax", s.absmax, {DType::F32});
+    check_numel(op, "absmax", s.absmax, nblocks, "one per block");
+    out.absmax = s.absmax.ptr<const float>();
+    return out;
+  }
+  const NestedAbsmax& n = *s.nested;
+  check_dtype(op, "absmax", s.absmax, {DType::U8});
+  check_numel(op, "absmax", s.absmax, nblocks, "one 8-bit code per block when nested");
+  if (n.nested_blocksize <= 0)
+    fail(ErrorKind::Value, op, "nested_blocksize = " + std::to_string(n.nested_blocksize), "must be positive");
+  check_tensor(op, "nested_absmax", n.nested_absmax);
+  check_dtype(op, "nested_absmax", n.nested_absmax, {DType::F32});
+  check_numel(op, "nested_absmax", n.nested_absmax, num_blocks(nblocks, n.nested_blocksize),
+              "one per nested block of " + std::to_string(n.nested_blocksize) + " absmax values");
+  check_tensor(op, "nested_code", n.nested_code);
+  check_dtype(op, "nested_code", n.nested_code, {DType::F32});
+  check_numel(op, "nested_code", n.nested_code, 256, "an 8-bit code map");
+  out.qabsmax = s.absmax.ptr<const uint8_t>();
+  out.nested_absmax = n.nested_absmax.ptr<const float>();
+  out.nested_code = n.nested_code.ptr<const float>();
+  out.offset = n.offset;
+  out.nested_blocksize = n.nested_blocksize;
+  return out;
+}
+
+void check_code8(const char* op, const TensorView& code) {
+  check_tensor(op, "code", code);
+  check_dtype(op, "code", code, {DType::F32});
+  check_numel(op, "code", code, 256, "an 8-bit code map");
+}
+
+}  // namespace
+
+// ---- 4-bit ---------------------------------------------------------------------------------------
+
+void quantize_4bit(const TensorView& A, const TensorView& packed, const TensorView& absmax,
+                   int64_t blocksize, QuantType qt) {
+  const char* op = "quantize_4bit";
+  check_tensor(op, "A", A);
+  check_float(op, "A", A);
+  core::check_4bit_blocksize(op, blocksize);
+  const int64_t n = A.numel(), nb = num_blocks(n, blocksize);
+  check_packed(op, packed, n);
+  check_tensor(op, "absmax", absmax);
+  check_dtype(op, "absmax", absmax, {DType::F32});
+  check_numel(op, "absmax", absmax, nb, "one per block");
+  const auto& k = core::cpu_kernels();
+  core::parallel_for(nb, grain_for(blocksize), [&](int64_t b0, int64_t b1) {
+    k.quantize_4bit(A.data, A.dtype, n, blocksize, qt, packed.ptr<uint8_t>(), absmax.ptr<float>(), b0, b1);
+  });
+}
+
+void dequantize_4bit(const TensorView& packed, const BlockScales& scales, int64_t blocksize,
+                     QuantType qt, const TensorView& out) {
+  const char* op = "dequantize_4bit";
+  check_tensor(op, "out", out);
+  check_float(op, "out", out);
+  core::check_4bit_blocksize(op, blocksize);
+  const int64_t n = out.numel(), nb = num_blocks(n, blocksize);
+  check_packed(op, packed, n);
+  const cpu::Scales s = check_scales(op, scales, nb);
+  const auto& k = core::cpu_kernels();
+  core::parallel_for(nb, grain_for(blocksize), [&](int64_t b0, int64_t b1) {
+    k.dequantize_4bit(packed.ptr<const uint8_t>(), s, n, blocksize, qt, out.data, out.dtype, b0, b1);
+  });
+}
+
+void gemm_4bit(const TensorView& A, const TensorView& packed, const BlockScales& scales,
+               int64_t blocksize, QuantType qt, const std::optional<TensorView>& bias,
+               const TensorView& out) {
+  const char* op = "gemm_4bit";
+  check_tensor(op, "A", A);
+  check_float(op, "A", A);
+  core::check_ndim(op, "A", A, 2);
+  check_tensor(op, "out", out);
+  core::check_ndim(op, "out", out, 2);
+  check_dtype(op, "out", out, {A.dtype});
+  core::check_4bit_blocksize(op, blocksize);
+  const int64_t M = A.shape[0], K = A.shape[1], N = out.shape[1];
+  if (out.shape[0] != M)
+    fail(ErrorKind::Value, op, "out = " + describe(out), "must have as many rows as A = " + describe(A));
+  const int64_t n = N * K;
+  check_packed(op, packed, n);
+  const cpu::Scales s = check_scales(op, scales, num_blocks(n, blocksize));
+  if (bias) {
+    check_tensor(op, "bias", *bias);
+    check_dtype(op, "bias", *bias, {A.dtype});
+    check_numel(op, "bias", *bias, N, "one per output column");
+  }
+  const cpu::Gemm4Args args{A.data, A.dtype, M, N, K, packed.ptr<const uint8_t>(), s, blocksize, qt,
+                            bias ? bias->data : nullptr, out.data};
+  const auto& k = core::cpu_kernels();
+  core::parallel_for(N, grain_for(std::max<int64_t>(1, K * std::max<int64_t>(M, 1) / 4)),
+                     [&](int64_t n0, int64_t n1) { k.gemm_4bit(args, n0, n1); });
+}
+
+// ---- 8-bit blockwise -----------------------------------------------------------------------------
+
+void quantize_blockwise(const TensorView& A, const TensorView& code, const TensorView& out,
+                        const TensorView& absmax, int64_t blocksize) {
+  const char* op = "quantize_blockwise";
+  check_tensor(op, "A", A);
+  check_float(op, "A", A);
+  core::check_positive_blocksize(op, blocksize);
+  check_code8(op, code);
+  const int64_t n = A.numel(), nb = num_blocks(n, blocksize);
+  check_tensor(op, "out", out);
+  check_dtype(op, "out", out, {DType::U8});
+  check_numel(op, "out", out, n, "one code per element of A");
+  check_tensor(op, "absmax", absmax);
+  check_dtype(op, "absmax", absmax, {DType::F32});
+  check_numel(op, "absmax", absmax, nb, "one per block");
+  const auto& k = core::cpu_kernels();
+  core::parallel_for(nb, grain_for(blocksize), [&](int64_t b0, int64_t b1) {
+    k.quantize_8bit(A.data, A.dtype, n, blocksize, code.ptr<const float>(), out.ptr<uint8_t>(),
+                    absmax.ptr<float>(), b0, b1);
+  });
+}
+
+void dequantize_blockwise(const TensorView& codes, const TensorView& absmax, const TensorView& code,
+                          int64_t blocksize, const TensorView& out) {
+  const char* op = "dequantize_blockwise";
+  check_tensor(op, "out", out);
+  check_float(op, "out", out);
+  core::check_positive_blocksize(op, blocksize);
+  check_code8(op, code);
+  const int64_t n = out.numel(), nb = num_blocks(n, blocksize);
+  check_tensor(op, "codes", codes);
+  check_dtype(op, "codes", codes, {DType::U8});
+  check_numel(op, "codes", codes, n, "one code per element of out");
+  check_tensor(op, "absmax", absmax);
+  check_dtype(op, "absmax", absmax, {DType::F32});
+  check_numel(op, "absmax", absmax, nb, "one per block");
+  const auto& k = core::cpu_kernels();
+  core::parallel_for(nb, grain_for(blocksize), [&](int64_t b0, int64_t b1) {
+    k.dequantize_8bit(codes.ptr<const uint8_t>(), absmax.ptr<const float>(), code.ptr<const float>(), n,
+                      blocksize, out.data, out.dtype, b0, b1);
+  });
+}
+
+// ---- double quantization ---------------------------------------------------------------------------
+
+float absmax_mean(const TensorView& absmax) {
+  const char* op = "absmax_mean";
+  check_tensor(op, "absmax", absmax);
+  check_dtype(op, "absmax", absmax, {DType::F32});
+  const int64_t n = absmax.numel();
+  if (n == 0) fail(ErrorKind::Value, op, "absmax = " + describe(absmax), "must not be empty");
+  // Note [Offset]: the sum is accumulated in double and rounded once to fp32, then multiplied by
+  // 1.0f / n as torch.mean does. torch's CUDA reduction sums in fp32 in its own order, so the
+  // reference's offset can differ from this by one ulp (1 of 24 golden cases).
+  const float* a = absmax.ptr<const float>();
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += a[i];
+  return static_cast<float>(sum) * (1.0f / static_cast<float>(n));
+}
+
+void quantize_absmax_nested(const TensorView& absmax, float offset, const TensorView& qabsmax,
+                            const TensorView& nested_absmax) {
+  const char* op = "quantize_absmax_nested";
+  check_tensor(op, "absmax", absmax);
+  check_dtype(op, "absmax", absmax, {DType::F32});
+  const int64_t n = absmax.numel();
+  std::vector<float> centered(static_cast<size_t>(n));
+  const float* a = absmax.ptr<const float>();
+  for (int64_t i = 0; i < n; ++i) centered[static_cast<size_t>(i)] = a[i] - offset;
+  const Code8& map = dynamic_map_signed();
+  quantize_blockwise(TensorView(centered.data(), DType::F32, {n}), TensorView(map.data(), DType::F32, {256}),
+                     qabsmax, nested_absmax, kNestedBlocksize);
+}
+
+void dequantize_absmax_nested(const TensorView& qabsmax, const NestedAbsmax& nested, const TensorView& out) {
+  const char* op = "dequantize_absmax_nested";
+  check_tensor(op, "out", out);
+  check_dtype(op, "out", out, {DType::F32});
+  const int64_t n = out.numel();
+  const cpu::Scales s = check_scales(op, BlockScales{qabsmax, nested}, n);
+  float* o = out.ptr<float>();
+  for (int64_t i = 0; i < n; ++i) o[i] = s(i);
+}
+
+// ---- LLM.int8 --------------------------------------------------------------------------------------
+
+void int8_vectorwise_quant(const TensorView& A, float threshold, const TensorView& CA,
+                           const TensorView& row_stats, const std::optional<TensorView>& outlier_cols) {
+  const char* op = "int8_vectorwise_quant";
+  check_tensor(op, "A", A);
+  check_float(op, "A", A);
+  if (A.ndim < 1) fail(ErrorKind::Value, op, "A = " + describe(A), "must have at least one dimension");
+  if (!(threshold >= 0.0f))
+    fail(ErrorKind::Value, op, "threshold = " + std::to_string(threshold), "must be >= 0 (0 disables outliers)");
+  const int64_t cols = A.shape[static_cast<size_t>(A.ndim - 1)];
+  const int64_t rows = cols == 0 ? 0 : A.numel() / cols;
+  check_tensor(op, "CA", CA);
+  check_dtype(op, "CA", CA, {DType::I8});
+  check_numel(op, "CA", CA, A.numel(), "one code per element of A");
+  check_tensor(op, "row_stats", row_stats);
+  check_dtype(op, "row_stats", row_stats, {DType::F32});
+  check_numel(op, "row_stats", row_stats, rows, "one per row of A");
+  if (outlier_cols) {
+    check_tensor(op, "outlier_cols", *outlier_cols);
+    check_dtype(op, "outlier_cols", *outlier_cols, {DType::U8});
+    check_numel(op, "outlier_cols", *outlier_cols, cols, "one flag per column of A");
+  }
+  const bool split = threshold > 0.0f;
+  const auto& k = core::cpu_kernels();
+  int8_t* ca = CA.ptr<int8_t>();
+  if (!split) {
+    core::parallel_for(rows, grain_for(cols), [&](int64_t r0, int64_t r1) {
+      k.int8_quant_rows(A.data, A.dtype, cols, threshold, ca, row_stats.ptr<float>(), nullptr, r0, r1);
+    });
+    if (outlier_cols) std::fill_n(outlier_cols->ptr<uint8_t>(), cols, uint8_t{0});
+    return;
+  }
+  // Each chunk of rows marks its own outlier columns; the marks are merged, then whole outlier
+  // columns are zeroed (§2.1: for rows > 1 the reference zeroes the entire column).
+  std::vector<uint8_t> mask(static_cast<size_t>(cols), 0);
+  std::mutex merge;
+  core::parallel_for(rows, grain_for(cols), [&](int64_t r0, int64_t r1) {
+    std::vector<uint8_t> local(static_cast<size_t>(cols), 0);
+    k.int8_quant_rows(A.data, A.dtype, cols, threshold, ca, row_stats.ptr<float>(), local.data(), r0, r1);
+    std::lock_guard<std::mutex> lock(merge);
+    for (size_t j = 0; j < local.size(); ++j) mask[j] |= local[j];
+  });
+  std::vector<int64_t> outliers;
+  for (int64_t j = 0; j < cols; ++j)
+    if (mask[static_cast<size_t>(j)]) outliers.push_back(j);
+  if (!outliers.empty())
+    core::parallel_for(rows, grain_for(static_cast<int64_t>(outliers.size())), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t j : outliers) ca[r * cols + j] = 0;
+    });
+  if (outlier_cols) std::copy(mask.begin(), mask.end(), outlier_cols->ptr<uint8_t>());
+}
+
+void int8_vectorwise_dequant(const TensorView& CA, const TensorView& stats, const TensorView& out) {
+  const char* op = "int8_vectorwise_dequant";
+  check_tensor(op, "CA", CA);
+  check_dtype(op, "CA", CA, {DType::I8});
+  if (CA.ndim < 1) fail(ErrorKind::Value, op, "CA = " + describe(CA), "must have at least one dimension");
+  const int64_t cols = CA.shape[static_cast<size_t>(CA.ndim - 1)];
+  const int64_t rows = cols == 0 ? 0 : CA.numel() / cols;
+  check_tensor(op, "stats", stats);
+  check_dtype(op, "stats", stats, {DType::F32});
+  check_numel(op, "stats", stats, rows, "one per row of CA");
+  check_tensor(op, "out", out);
+  check_float(op, "out", out);
+  check_numel(op, "out", out, CA.numel(), "one per element of CA");
+  const int8_t* ca = CA.ptr<const int8_t>();
+  const float* st = stats.ptr<const float>();
+  core::parallel_for(rows, grain_for(cols), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t j = 0; j < cols; ++j)
+        store_from_float(out.data, out.dtype, r * cols + j, static_cast<float>(ca[r * cols + j]) * st[r] * kInt8DequantScale);
+  });
+}
+
+void int8_linear_matmul(const TensorView& A, const TensorView& B, const TensorView& out) {
+  const char* op = "int8_linear_matmul";
+  check_tensor(op, "A", A);
+  check_dtype(op, "A", A, {DType::I8});
+  check_tensor(op, "B", B);
+  check_dtype(op, "B", B, {DType::I8});
+  core::check_ndim(op, "B", B, 2);
+  if (A.ndim < 1) fail(ErrorKind::Value, op, "A = " + describe(A), "must have at least one dimension");
+  const int64_t K = A.shape[static_cast<size_t>(A.ndim - 1)];
+  const int64_t M = K == 0 ? 0 : A.numel() / K, N = B.shape[0];
+  if (B.shape[1] != K)
+    fail(ErrorKind::Value, op, "B = " + describe(B), "must have K = " + std::to_string(K) + " columns like A = " + describe(A));
+  check_tensor(op, "out", out);
+  check_dtype(op, "out", out, {DType::I32});
+  check_numel(op, "out", out, M * N, "[M, N] = [" + std::to_string(M) + ", " + std::to_string(N) + "]");
+  if (K == 0) {
+    std::fill_n(out.ptr<int32_t>(), M * N, 0);
+    return;
+  }
+  const auto& k = core::cpu_kernels();
+  core::parallel_for(N, grain_for(K * std::max<int64_t>(M, 1) / 4), [&](int64_t n0, int64_t n1) {
+    k.int8_matmul(A.ptr<const int8_t>(), B.ptr<const int8_t>(), out.ptr<int32_t>(), M, N, K, n0, n1);
+  });
+}
+
+void int8_mm_dequant(const TensorView& acc, const TensorView& row_stats, const TensorView& col_stats,
+                     const std::optional<TensorView>& bias, const TensorView& out) {
+  const char* op = "int8_mm_dequant";
+  check_tensor(op, "acc", acc);
+  check_dtype(op, "acc", acc, {DType::I32});
+  if (acc.ndim < 1) fail(ErrorKind::Value, op, "acc = " + describe(acc), "must have at least one dimension");
+  const int64_t N = acc.shape[static_cast<size_t>(acc.ndim - 1)];
+  const int64_t M = N == 0 ? 0 : acc.numel() / N;
+  check_tensor(op, "row_stats", row_stats);
+  check_dtype(op, "row_stats", row_stats, {DType::F32});
+  check_numel(op, "row_stats", row_stats, M, "one per row of acc");
+  check_tensor(op, "col_stats", col_stats);
+  check_dtype(op, "col_stats", col_stats, {DType::F32});
+  check_numel(op, "col_stats", col_stats, N, "one per column of acc");
+  if (bias) {
+    check_tensor(op, "bias", *bias);
+    check_float(op, "bias", *bias);
+    check_numel(op, "bias", *bias, N, "one per column of acc");
+  }
+  check_tensor(op, "out", out);
+  check_float(op, "out", out);
+  check_numel(op, "out", out, acc.numel(), "one per element of acc");
+  const auto& k = core::cpu_kernels();
+  core::parallel_for(M, grain_for(N), [&](int64_t r0, int64_t r1) {
+    k.int8_mm_dequant(acc.ptr<const int32_t>(), row_stats.ptr<const float>(), col_stats.ptr<const float>(),
+                      bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, out.data, out.dtype, N, r0, r1);
+  });
+}
+
+// ---- runtime -----------------------------------------------------------------------------------------
+
+void set_num_threads(int n) { core::set_num_threads(n); }
+int get_num_threads() { return core::num_threads(); }
+
+}  // namespace nybble
