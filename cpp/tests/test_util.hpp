@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "nybble/nybble.hpp"
@@ -26,5 +27,10 @@ FloatBuffer randn(DType t, int64_t n, uint64_t seed, float scale = 1.0f);
 FloatBuffer rand01(DType t, int64_t n, uint64_t seed);
 
 inline constexpr DType kFloatTypes[] = {DType::F32, DType::F16, DType::BF16};
+
+// Seed for this run's random inputs: NYBBLE_TEST_SEED if set, else drawn fresh. Tests print it
+// (SCOPED_TRACE) so a failure can be replayed.
+uint64_t test_seed();
+std::string seed_note();
 
 }  // namespace nybble::test
