@@ -9,8 +9,15 @@ if(NYBBLE_WERROR)
 endif()
 set(NYBBLE_CXX_FLAGS -ffp-contract=off -fno-math-errno)
 
+set(NYBBLE_CUDA_WARNINGS -Xcompiler=-Wall,-Wextra)
+if(NYBBLE_WERROR)
+  list(APPEND NYBBLE_CUDA_WARNINGS -Xcompiler=-Werror --Werror=all-warnings)
+endif()
+
 function(nybble_target_flags target)
-  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${NYBBLE_WARNINGS} ${NYBBLE_CXX_FLAGS}>)
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CXX>:${NYBBLE_WARNINGS} ${NYBBLE_CXX_FLAGS}>
+    $<$<COMPILE_LANGUAGE:CUDA>:${NYBBLE_CUDA_WARNINGS} -fmad=false>)
 endfunction()
 
 set(NYBBLE_X86 OFF)
@@ -28,6 +35,9 @@ if(NOT NYBBLE_CUDA STREQUAL "OFF")
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
       set(CMAKE_CUDA_ARCHITECTURES 80 90)
     endif()
+    # CMake 3.25 does not know nvcc's C++20 flag; the device code needs only C++17.
+    set(CMAKE_CUDA_STANDARD 17)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     enable_language(CUDA)
     find_package(CUDAToolkit REQUIRED)
     set(NYBBLE_HAVE_CUDA ON)
