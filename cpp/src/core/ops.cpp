@@ -137,22 +137,30 @@ void gemm_4bit(const TensorView& A, const TensorView& packed, const BlockScales&
 
 // ---- 8-bit blockwise -----------------------------------------------------------------------------
 
-void quantize_blockwise(const TensorView& A, const TensorView& code, const TensorView& out,
-                        const TensorView& absmax, int64_t blocksize) {
-  const char* op = "quantize_blockwise";
-  check_tensor(op, "A", A);
-  check_float(op, "A", A);
+// Checks the arguments shared by both directions of 8-bit blockwise quantization: `values` (the
+// float side, named `values_name`), `codes` (u8, one per value), absmax (one per block), code.
+static void check_blockwise(const char* op, const char* values_name, const TensorView& values, const TensorView& codes,
+                     const TensorView& absmax, const TensorView& code, int64_t blocksize) {
+  check_tensor(op, values_name, values);
+  check_float(op, values_name, values);
   core::check_positive_blocksize(op, blocksize);
   check_code8(op, code);
-  const int64_t n = A.numel(), nb = num_blocks(n, blocksize);
-  check_tensor(op, "out", out);
-  check_dtype(op, "out", out, {DType::U8});
-  check_numel(op, "out", out, n, "one code per element of A");
+  const int64_t n = values.numel();
+  const char* codes_name = values_name[0] == 'A' ? "out" : "codes";
+  check_tensor(op, codes_name, codes);
+  check_dtype(op, codes_name, codes, {DType::U8});
+  check_numel(op, codes_name, codes, n, std::string("one code per element of ") + values_name);
   check_tensor(op, "absmax", absmax);
   check_dtype(op, "absmax", absmax, {DType::F32});
-  check_numel(op, "absmax", absmax, nb, "one per block");
+  check_numel(op, "absmax", absmax, num_blocks(n, blocksize), "one per block");
+}
+
+void quantize_blockwise(const TensorView& A, const TensorView& code, const TensorView& out,
+                        const TensorView& absmax, int64_t blocksize) {
+  check_blockwise("quantize_blockwise", "A", A, out, absmax, code, blocksize);
+  const int64_t n = A.numel();
   const auto& k = core::cpu_kernels();
-  core::parallel_for(nb, grain_for(blocksize), [&](int64_t b0, int64_t b1) {
+  core::parallel_for(num_blocks(n, blocksize), grain_for(blocksize), [&](int64_t b0, int64_t b1) {
     k.quantize_8bit(A.data, A.dtype, n, blocksize, code.ptr<const float>(), out.ptr<uint8_t>(),
                     absmax.ptr<float>(), b0, b1);
   });
@@ -160,20 +168,10 @@ void quantize_blockwise(const TensorView& A, const TensorView& code, const Tenso
 
 void dequantize_blockwise(const TensorView& codes, const TensorView& absmax, const TensorView& code,
                           int64_t blocksize, const TensorView& out) {
-  const char* op = "dequantize_blockwise";
-  check_tensor(op, "out", out);
-  check_float(op, "out", out);
-  core::check_positive_blocksize(op, blocksize);
-  check_code8(op, code);
-  const int64_t n = out.numel(), nb = num_blocks(n, blocksize);
-  check_tensor(op, "codes", codes);
-  check_dtype(op, "codes", codes, {DType::U8});
-  check_numel(op, "codes", codes, n, "one code per element of out");
-  check_tensor(op, "absmax", absmax);
-  check_dtype(op, "absmax", absmax, {DType::F32});
-  check_numel(op, "absmax", absmax, nb, "one per block");
+  check_blockwise("dequantize_blockwise", "out", out, codes, absmax, code, blocksize);
+  const int64_t n = out.numel();
   const auto& k = core::cpu_kernels();
-  core::parallel_for(nb, grain_for(blocksize), [&](int64_t b0, int64_t b1) {
+  core::parallel_for(num_blocks(n, blocksize), grain_for(blocksize), [&](int64_t b0, int64_t b1) {
     k.dequantize_8bit(codes.ptr<const uint8_t>(), absmax.ptr<const float>(), code.ptr<const float>(), n,
                       blocksize, out.data, out.dtype, b0, b1);
   });

@@ -12,29 +12,33 @@
 namespace nybble::cpu::ref {
 namespace {
 
-template <DType T>
-float block_absmax(const typename Elem<T>::storage* x, int64_t begin, int64_t end) {
-  float m = 0.0f;
-  for (int64_t i = begin; i < end; ++i) m = absmax_step(m, Elem<T>::load(x, i));
-  return m;
+// Runs emit(x, begin, end, r) for each block in [b0, b1) after storing its absmax; r is the
+// block's reciprocal scale 1.0f / absmax.
+template <class Emit>
+void for_each_block(const void* xv, DType dt, int64_t n, int64_t blocksize, float* absmax,
+                    int64_t b0, int64_t b1, Emit&& emit) {
+  dispatch_float(dt, [&]<DType T>() {
+    const auto* x = static_cast<const typename Elem<T>::storage*>(xv);
+    auto at = [x](int64_t i) { return Elem<T>::load(x, i); };
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t begin = b * blocksize, end = std::min(n, begin + blocksize);
+      float m = 0.0f;
+      for (int64_t i = begin; i < end; ++i) m = absmax_step(m, at(i));
+      absmax[b] = m;
+      emit(at, begin, end, 1.0f / m);
+    }
+  });
 }
 
 }  // namespace
 
-void quantize_4bit(const void* xv, DType dt, int64_t n, int64_t blocksize, QuantType qt,
+void quantize_4bit(const void* x, DType dt, int64_t n, int64_t blocksize, QuantType qt,
                    uint8_t* packed, float* absmax, int64_t b0, int64_t b1) {
-  dispatch_float(dt, [&]<DType T>() {
-    const auto* x = static_cast<const typename Elem<T>::storage*>(xv);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t begin = b * blocksize, end = std::min(n, begin + blocksize);
-      const float m = block_absmax<T>(x, begin, end);
-      absmax[b] = m;
-      const float r = 1.0f / m;
-      for (int64_t i = begin; i < end; i += 2) {  // begin is even: blocksizes are even
-        const uint8_t hi = quantize_4bit_value(qt, Elem<T>::load(x, i) * r);
-        const uint8_t lo = i + 1 < end ? quantize_4bit_value(qt, Elem<T>::load(x, i + 1) * r) : zero_code(qt);
-        packed[i >> 1] = pack_nibbles(hi, lo);
-      }
+  for_each_block(x, dt, n, blocksize, absmax, b0, b1, [&](auto at, int64_t begin, int64_t end, float r) {
+    for (int64_t i = begin; i < end; i += 2) {  // begin is even: 4-bit blocksizes are even
+      const uint8_t hi = quantize_4bit_value(qt, at(i) * r);
+      const uint8_t lo = i + 1 < end ? quantize_4bit_value(qt, at(i + 1) * r) : zero_code(qt);
+      packed[i >> 1] = pack_nibbles(hi, lo);
     }
   });
 }
@@ -52,17 +56,10 @@ void dequantize_4bit(const uint8_t* packed, const Scales& s, int64_t n, int64_t 
   });
 }
 
-void quantize_8bit(const void* xv, DType dt, int64_t n, int64_t blocksize, const float* code,
+void quantize_8bit(const void* x, DType dt, int64_t n, int64_t blocksize, const float* code,
                    uint8_t* q, float* absmax, int64_t b0, int64_t b1) {
-  dispatch_float(dt, [&]<DType T>() {
-    const auto* x = static_cast<const typename Elem<T>::storage*>(xv);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t begin = b * blocksize, end = std::min(n, begin + blocksize);
-      const float m = block_absmax<T>(x, begin, end);
-      absmax[b] = m;
-      const float r = 1.0f / m;
-      for (int64_t i = begin; i < end; ++i) q[i] = quantize_8bit_value(code, Elem<T>::load(x, i) * r);
-    }
+  for_each_block(x, dt, n, blocksize, absmax, b0, b1, [&](auto at, int64_t begin, int64_t end, float r) {
+    for (int64_t i = begin; i < end; ++i) q[i] = quantize_8bit_value(code, at(i) * r);
   });
 }
 
