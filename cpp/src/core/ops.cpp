@@ -70,6 +70,13 @@ void check_code8(const char* op, const TensorView& code) {
   check_numel(op, "code", code, 256, "an 8-bit code map");
 }
 
+// (rows, cols) of a tensor seen as a matrix over its last dimension.
+std::pair<int64_t, int64_t> as_matrix(const char* op, const char* arg, const TensorView& t) {
+  if (t.ndim < 1) fail(ErrorKind::Value, op, std::string(arg) + " = " + describe(t), "must have at least one dimension");
+  const int64_t cols = t.shape[static_cast<size_t>(t.ndim - 1)];
+  return {cols == 0 ? 0 : t.numel() / cols, cols};
+}
+
 }  // namespace
 
 // ---- 4-bit ---------------------------------------------------------------------------------------
@@ -225,11 +232,9 @@ void int8_vectorwise_quant(const TensorView& A, float threshold, const TensorVie
   const char* op = "int8_vectorwise_quant";
   check_tensor(op, "A", A);
   check_float(op, "A", A);
-  if (A.ndim < 1) fail(ErrorKind::Value, op, "A = " + describe(A), "must have at least one dimension");
   if (!(threshold >= 0.0f))
     fail(ErrorKind::Value, op, "threshold = " + std::to_string(threshold), "must be >= 0 (0 disables outliers)");
-  const int64_t cols = A.shape[static_cast<size_t>(A.ndim - 1)];
-  const int64_t rows = cols == 0 ? 0 : A.numel() / cols;
+  const auto [rows, cols] = as_matrix(op, "A", A);
   check_tensor(op, "CA", CA);
   check_dtype(op, "CA", CA, {DType::I8});
   check_numel(op, "CA", CA, A.numel(), "one code per element of A");
@@ -276,9 +281,7 @@ void int8_vectorwise_dequant(const TensorView& CA, const TensorView& stats, cons
   const char* op = "int8_vectorwise_dequant";
   check_tensor(op, "CA", CA);
   check_dtype(op, "CA", CA, {DType::I8});
-  if (CA.ndim < 1) fail(ErrorKind::Value, op, "CA = " + describe(CA), "must have at least one dimension");
-  const int64_t cols = CA.shape[static_cast<size_t>(CA.ndim - 1)];
-  const int64_t rows = cols == 0 ? 0 : CA.numel() / cols;
+  const auto [rows, cols] = as_matrix(op, "CA", CA);
   check_tensor(op, "stats", stats);
   check_dtype(op, "stats", stats, {DType::F32});
   check_numel(op, "stats", stats, rows, "one per row of CA");
@@ -301,9 +304,8 @@ void int8_linear_matmul(const TensorView& A, const TensorView& B, const TensorVi
   check_tensor(op, "B", B);
   check_dtype(op, "B", B, {DType::I8});
   core::check_ndim(op, "B", B, 2);
-  if (A.ndim < 1) fail(ErrorKind::Value, op, "A = " + describe(A), "must have at least one dimension");
-  const int64_t K = A.shape[static_cast<size_t>(A.ndim - 1)];
-  const int64_t M = K == 0 ? 0 : A.numel() / K, N = B.shape[0];
+  const auto [M, K] = as_matrix(op, "A", A);
+  const int64_t N = B.shape[0];
   if (B.shape[1] != K)
     fail(ErrorKind::Value, op, "B = " + describe(B), "must have K = " + std::to_string(K) + " columns like A = " + describe(A));
   check_tensor(op, "out", out);
@@ -324,9 +326,7 @@ void int8_mm_dequant(const TensorView& acc, const TensorView& row_stats, const T
   const char* op = "int8_mm_dequant";
   check_tensor(op, "acc", acc);
   check_dtype(op, "acc", acc, {DType::I32});
-  if (acc.ndim < 1) fail(ErrorKind::Value, op, "acc = " + describe(acc), "must have at least one dimension");
-  const int64_t N = acc.shape[static_cast<size_t>(acc.ndim - 1)];
-  const int64_t M = N == 0 ? 0 : acc.numel() / N;
+  const auto [M, N] = as_matrix(op, "acc", acc);
   check_tensor(op, "row_stats", row_stats);
   check_dtype(op, "row_stats", row_stats, {DType::F32});
   check_numel(op, "row_stats", row_stats, M, "one per row of acc");
