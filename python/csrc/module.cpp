@@ -1,0 +1,210 @@
+// python/csrc/module.cpp — the nanobind extension nybble._C: turns DLPack tensors into
+// TensorViews, releases the GIL around every kernel and maps nybble::Error to Python exceptions.
+// It computes nothing itself; the torch layer (python/nybble/_ops.py) allocates every output.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "nybble/nybble.hpp"
+
+namespace nb = nanobind;
+using nybble::TensorView;
+
+namespace {
+
+using Array = nb::ndarray<nb::ro>;  // any dtype, device and layout; checked in to_view
+
+nybble::DType to_dtype(const nb::dlpack::dtype& t) {
+  using Code = nb::dlpack::dtype_code;
+  const auto code = static_cast<Code>(t.code);
+  if (t.lanes == 1) {
+    if (code == Code::Float && t.bits == 32) return nybble::DType::F32;
+    if (code == Code::Float && t.bits == 16) return nybble::DType::F16;
+    if (code == Code::Bfloat && t.bits == 16) return nybble::DType::BF16;
+    if (code == Code::UInt && t.bits == 8) return nybble::DType::U8;
+    if (code == Code::Int && t.bits == 8) return nybble::DType::I8;
+    if (code == Code::Int && t.bits == 32) return nybble::DType::I32;
+    if (code == Code::Int && t.bits == 64) return nybble::DType::I64;
+  }
+  throw nybble::Error(nybble::ErrorKind::Type, "tensor dtype (DLPack code " + std::to_string(t.code) + ", " +
+                                                   std::to_string(t.bits) + " bits) is not supported by nybble");
+}
+
+// A non-owning view of a DLPack tensor; the caller keeps the tensor alive for the call.
+TensorView to_view(const Array& a) {
+  TensorView v;
+  v.data = const_cast<void*>(a.data());
+  v.dtype = to_dtype(a.dtype());
+  if (a.ndim() > static_cast<size_t>(nybble::kMaxDims))
+    throw nybble::Error(nybble::ErrorKind::Value, "tensor has " + std::to_string(a.ndim()) +
+                                                      " dimensions (nybble supports at most 8)");
+  v.ndim = static_cast<int32_t>(a.ndim());
+  for (size_t i = 0; i < a.ndim(); ++i) {
+    v.shape[i] = static_cast<int64_t>(a.shape(i));
+    v.strides[i] = a.stride(i);
+  }
+  const int dev = a.device_type();
+  if (dev == nb::device::cpu::value) {
+    v.device = nybble::Device::CPU;
+  } else if (dev == nb::device::cuda::value || dev == nb::device::cuda_managed::value) {
+    v.device = nybble::Device::CUDA;
+  } else {
+    throw nybble::Error(nybble::ErrorKind::Value, "tensor device (DLPack type " + std::to_string(dev) +
+                                                      ") is not supported: nybble runs on cpu and cuda");
+  }
+  v.device_index = a.device_id();
+  return v;
+}
+
+std::optional<TensorView> to_view(const std::optional<Array>& a) {
+  if (!a) return std::nullopt;
+  return to_view(*a);
+}
+
+nybble::QuantType to_quant_type(const std::string& s) {
+  if (s == "nf4") return nybble::QuantType::NF4;
+  if (s == "fp4") return nybble::QuantType::FP4;
+  throw nybble::Error(nybble::ErrorKind::Value, "quant_type = '" + s + "' is not supported (must be 'nf4' or 'fp4')");
+}
+
+// Scales of a 4-bit tensor: absmax alone, or (with nested_absmax) the double-quantized form.
+nybble::BlockScales to_scales(const Array& absmax, const std::optional<Array>& nested_absmax,
+                              const std::optional<Array>& nested_code, float offset, int64_t nested_blocksize) {
+  nybble::BlockScales s{to_view(absmax), std::nullopt};
+  if (nested_absmax) {
+    if (!nested_code)
+      throw nybble::Error(nybble::ErrorKind::Value, "nested_code is None but nested_absmax was given (both are needed)");
+    s.nested = nybble::NestedAbsmax{to_view(*nested_absmax), to_view(*nested_code), offset, nested_blocksize};
+  }
+  return s;
+}
+
+std::vector<float> table(const float* p, size_t n) { return std::vector<float>(p, p + n); }
+
+// The code tables as lists of floats (the torch layer turns them into fp32 tensors).
+std::vector<float> code_table(const std::string& name) {
+  if (name == "nf4") return table(nybble::kNF4Code.data(), 16);
+  if (name == "fp4") return table(nybble::kFP4QuantMap.data(), 16);
+  if (name == "dynamic_signed") return table(nybble::dynamic_map_signed().data(), 256);
+  if (name == "dynamic_unsigned") return table(nybble::dynamic_map_unsigned().data(), 256);
+  throw nybble::Error(nybble::ErrorKind::Value, "code_table: name = '" + name +
+                                                    "' is unknown (nf4, fp4, dynamic_signed, dynamic_unsigned)");
+}
+
+}  // namespace
+
+NB_MODULE(_C, m) {
+  m.doc() = "nybble's C++ kernels (internal: use nybble.functional or torch.ops.nybble)";
+
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const nybble::Error& e) {
+      PyObject* type = e.kind() == nybble::ErrorKind::Type    ? PyExc_TypeError
+                       : e.kind() == nybble::ErrorKind::Value ? PyExc_ValueError
+                                                              : PyExc_RuntimeError;
+      PyErr_SetString(type, e.what());
+    }
+  });
+
+  using nb::arg;
+
+  m.def("quantize_4bit", [](const Array& A, const Array& packed, const Array& absmax, int64_t blocksize,
+                            const std::string& qt) {
+          const auto q = to_quant_type(qt);
+          const auto a = to_view(A), p = to_view(packed), s = to_view(absmax);
+          nb::gil_scoped_release release;
+          nybble::quantize_4bit(a, p, s, blocksize, q);
+        }, arg("A"), arg("packed"), arg("absmax"), arg("blocksize"), arg("quant_type"));
+
+  m.def("dequantize_4bit", [](const Array& packed, const Array& absmax, const std::optional<Array>& nested_absmax,
+                              const std::optional<Array>& nested_code, float offset, int64_t nested_blocksize,
+                              int64_t blocksize, const std::string& qt, const Array& out) {
+          const auto q = to_quant_type(qt);
+          const auto s = to_scales(absmax, nested_absmax, nested_code, offset, nested_blocksize);
+          const auto p = to_view(packed), o = to_view(out);
+          nb::gil_scoped_release release;
+          nybble::dequantize_4bit(p, s, blocksize, q, o);
+        }, arg("packed"), arg("absmax"), arg("nested_absmax").none(), arg("nested_code").none(), arg("offset"),
+        arg("nested_blocksize"), arg("blocksize"), arg("quant_type"), arg("out"));
+
+  m.def("gemm_4bit", [](const Array& A, const Array& packed, const Array& absmax, const std::optional<Array>& nested_absmax,
+                        const std::optional<Array>& nested_code, float offset, int64_t nested_blocksize,
+                        int64_t blocksize, const std::string& qt, const std::optional<Array>& bias, const Array& out) {
+          const auto q = to_quant_type(qt);
+          const auto s = to_scales(absmax, nested_absmax, nested_code, offset, nested_blocksize);
+          const auto a = to_view(A), p = to_view(packed), o = to_view(out);
+          const auto b = to_view(bias);
+          nb::gil_scoped_release release;
+          nybble::gemm_4bit(a, p, s, blocksize, q, b, o);
+        }, arg("A"), arg("packed"), arg("absmax"), arg("nested_absmax").none(), arg("nested_code").none(), arg("offset"),
+        arg("nested_blocksize"), arg("blocksize"), arg("quant_type"), arg("bias").none(), arg("out"));
+
+  m.def("quantize_blockwise", [](const Array& A, const Array& code, const Array& out, const Array& absmax, int64_t bs) {
+          const auto a = to_view(A), c = to_view(code), o = to_view(out), s = to_view(absmax);
+          nb::gil_scoped_release release;
+          nybble::quantize_blockwise(a, c, o, s, bs);
+        }, arg("A"), arg("code"), arg("out"), arg("absmax"), arg("blocksize"));
+
+  m.def("dequantize_blockwise", [](const Array& codes, const Array& absmax, const Array& code, int64_t bs, const Array& out) {
+          const auto q = to_view(codes), s = to_view(absmax), c = to_view(code), o = to_view(out);
+          nb::gil_scoped_release release;
+          nybble::dequantize_blockwise(q, s, c, bs, o);
+        }, arg("codes"), arg("absmax"), arg("code"), arg("blocksize"), arg("out"));
+
+  m.def("absmax_mean", [](const Array& absmax) {
+          const auto s = to_view(absmax);
+          nb::gil_scoped_release release;
+          return nybble::absmax_mean(s);
+        }, arg("absmax"));
+
+  m.def("quantize_absmax_nested", [](const Array& absmax, float offset, const Array& qabsmax, const Array& nested_absmax) {
+          const auto s = to_view(absmax), q = to_view(qabsmax), n = to_view(nested_absmax);
+          nb::gil_scoped_release release;
+          nybble::quantize_absmax_nested(s, offset, q, n);
+        }, arg("absmax"), arg("offset"), arg("qabsmax"), arg("nested_absmax"));
+
+  m.def("int8_vectorwise_quant", [](const Array& A, float threshold, const Array& CA, const Array& row_stats,
+                                    const std::optional<Array>& outlier_cols) {
+          const auto a = to_view(A), c = to_view(CA), s = to_view(row_stats);
+          const auto o = to_view(outlier_cols);
+          nb::gil_scoped_release release;
+          nybble::int8_vectorwise_quant(a, threshold, c, s, o);
+        }, arg("A"), arg("threshold"), arg("CA"), arg("row_stats"), arg("outlier_cols").none());
+
+  m.def("int8_vectorwise_dequant", [](const Array& CA, const Array& stats, const Array& out) {
+          const auto c = to_view(CA), s = to_view(stats), o = to_view(out);
+          nb::gil_scoped_release release;
+          nybble::int8_vectorwise_dequant(c, s, o);
+        }, arg("CA"), arg("stats"), arg("out"));
+
+  m.def("int8_linear_matmul", [](const Array& A, const Array& B, const Array& out) {
+          const auto a = to_view(A), b = to_view(B), o = to_view(out);
+          nb::gil_scoped_release release;
+          nybble::int8_linear_matmul(a, b, o);
+        }, arg("A"), arg("B"), arg("out"));
+
+  m.def("int8_mm_dequant", [](const Array& acc, const Array& row_stats, const Array& col_stats,
+                              const std::optional<Array>& bias, const Array& out) {
+          const auto a = to_view(acc), r = to_view(row_stats), c = to_view(col_stats), o = to_view(out);
+          const auto b = to_view(bias);
+          nb::gil_scoped_release release;
+          nybble::int8_mm_dequant(a, r, c, b, o);
+        }, arg("acc"), arg("row_stats"), arg("col_stats"), arg("bias").none(), arg("out"));
+
+  m.def("code_table", &code_table, arg("name"));
+  m.def("set_num_threads", &nybble::set_num_threads, arg("n"));
+  m.def("get_num_threads", &nybble::get_num_threads);
+  m.def("cpu_isa", &nybble::cpu_isa);
+  m.def("set_cpu_isa", &nybble::set_cpu_isa, arg("isa"));
+  m.def("cpu_features", &nybble::cpu_features);
+  m.def("version", &nybble::version);
+  m.def("cuda_built", &nybble::cuda_built);
+  m.def("cuda_device_count", &nybble::cuda_device_count);
+}

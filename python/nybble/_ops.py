@@ -1,0 +1,444 @@
+"""The ``torch.library`` ops of nybble (namespace ``nybble``): the reference's op registry (§6 of
+the spec) with the same schemas, a fake (meta) kernel for each, and the CPU kernels of nybble._C.
+
+Schemas are the reference's, so ``torch.ops.nybble.X`` takes the arguments
+``torch.ops.bitsandbytes.X`` takes. Two nybble additions, both optional trailing arguments that
+reference-style calls never pass: ``dequantize_4bit`` accepts the double-quantized absmax like
+``gemm_4bit`` does (decoded in the kernel instead of in a separate pass), and ``gemv_4bit``
+accepts any number of rows.
+
+The kernel functions here only check what the fake kernels cannot (values), allocate outputs and
+call nybble._C; all element work is in C++. The same functions serve the CUDA dispatch key once
+the CUDA backend registers it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _C
+
+_lib = torch.library.Library("nybble", "DEF")
+
+BLOCKSIZES_4BIT = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+STORAGE_DTYPES = (torch.uint8, torch.int8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+NESTED_BLOCKSIZE = 256
+
+_SCHEMAS = {
+    "quantize_4bit": "(Tensor A, int blocksize, str quant_type, ScalarType quant_storage) -> (Tensor, Tensor)",
+    "dequantize_4bit": "(Tensor A, Tensor absmax, int blocksize, str quant_type, int[] shape, ScalarType dtype, "
+    "Tensor? absmax_8bit=None, Tensor? absmax_code=None, Tensor? absmax_offset=None) -> Tensor",
+    "dequantize_4bit.out": "(Tensor A, Tensor absmax, int blocksize, str quant_type, int[] shape, ScalarType dtype, "
+    "Tensor! out) -> ()",
+    "gemm_4bit": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, int blocksize, str quant_type, "
+    "Tensor? bias=None, Tensor? absmax_8bit=None, Tensor? absmax_code=None, Tensor? absmax_offset=None) -> Tensor",
+    "gemv_4bit": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, Tensor code, int blocksize) -> Tensor",
+    "gemv_4bit.out": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, Tensor code, int blocksize, Tensor! out) -> ()",
+    "quantize_blockwise": "(Tensor A, Tensor code, int blocksize) -> (Tensor, Tensor)",
+    "dequantize_blockwise": "(Tensor A, Tensor absmax, Tensor code, int blocksize, ScalarType dtype) -> Tensor",
+    "dequantize_blockwise.out": "(Tensor A, Tensor absmax, Tensor code, int blocksize, ScalarType dtype, "
+    "Tensor! out) -> ()",
+    "int8_vectorwise_quant": "(Tensor A, float threshold=0.0) -> (Tensor, Tensor, Tensor?)",
+    "int8_vectorwise_dequant": "(Tensor A, Tensor stats) -> Tensor",
+    "int8_linear_matmul": "(Tensor A, Tensor B) -> Tensor",
+    "int8_linear_matmul.out": "(Tensor A, Tensor B, Tensor! out) -> ()",
+    "int8_mm_dequant": "(Tensor A, Tensor row_stats, Tensor col_stats, ScalarType? dtype=None, Tensor? bias=None) "
+    "-> Tensor",
+    "int8_scaled_mm": "(Tensor A, Tensor B, Tensor row_stats, Tensor col_stats, Tensor? bias=None, "
+    "ScalarType? dtype=None) -> Tensor",
+    "int8_mixed_scaled_mm": "(Tensor A, Tensor CA, Tensor CB, Tensor SCA, Tensor SCB, Tensor? outlier_cols=None, "
+    "Tensor? bias=None) -> (Tensor, Tensor?)",
+    "int8_double_quant": "(Tensor A, float threshold=0.0) -> (Tensor, Tensor, Tensor, Tensor, Tensor?)",
+}
+for _name, _schema in _SCHEMAS.items():
+    _lib.define(_name + _schema)
+
+# Kernels implemented by nybble._C on these dispatch keys; the CUDA backend adds "CUDA".
+KERNEL_KEYS = ["CPU"]
+
+
+def _kernel(name: str):
+    def register(fn):
+        for key in KERNEL_KEYS:
+            _lib.impl(name, fn, key)
+        return fn
+
+    return register
+
+
+def _composite(name: str):
+    """Ops made of other nybble ops: one implementation for every device (and for meta tensors)."""
+
+    def register(fn):
+        _lib.impl(name, fn, "CompositeExplicitAutograd")
+        return fn
+
+    return register
+
+
+def _fake(name: str):
+    return torch.library.register_fake("nybble::" + name, lib=_lib)
+
+
+# ---- argument checks shared by the fake and the real kernels ------------------------------------
+
+
+def _check_4bit(blocksize: int, quant_type: str) -> None:
+    torch._check(
+        blocksize in BLOCKSIZES_4BIT,
+        lambda: f"blocksize = {blocksize} is not allowed for 4-bit (must be one of {', '.join(map(str, BLOCKSIZES_4BIT))})",
+    )
+    torch._check(quant_type in ("nf4", "fp4"), lambda: f"quant_type = {quant_type!r} is not supported (must be 'nf4' or 'fp4')")
+
+
+def _check_float(name: str, t: torch.Tensor) -> None:
+    torch._check(t.dtype in FLOAT_DTYPES, lambda: f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+
+
+def _check_dtype(name: str, t: torch.Tensor, dtype: torch.dtype) -> None:
+    torch._check(t.dtype == dtype, lambda: f"{name} must be {dtype}, got {t.dtype}")
+
+
+def _check_nested(absmax_8bit, absmax_code, absmax_offset) -> None:
+    if absmax_8bit is None:
+        return
+    _check_dtype("absmax_8bit", absmax_8bit, torch.uint8)
+    torch._check(absmax_code is not None, lambda: "absmax_code is required when absmax_8bit is given")
+    torch._check(absmax_code.dtype == torch.float32 and absmax_code.numel() == 256,
+                 lambda: f"absmax_code must be float32 [256], got {absmax_code.dtype} {list(absmax_code.shape)}")
+    torch._check(absmax_offset is not None and absmax_offset.numel() == 1,
+                 lambda: "absmax_offset must be a one-element tensor when absmax_8bit is given")
+
+
+def _check_gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type) -> None:
+    torch._check(len(shapeB) == 2, lambda: f"shapeB must be 2-D [N, K], got {list(shapeB)}")
+    torch._check(A.shape[-1] == shapeB[1], lambda: f"A's last dimension ({A.shape[-1]}) must equal K = shapeB[1] ({shapeB[1]})")
+    _check_float("A", A)
+    torch._check(B.dtype in STORAGE_DTYPES, lambda: f"B (packed weight) has unsupported storage dtype {B.dtype}")
+    _check_4bit(blocksize, quant_type)
+    _check_dtype("absmax", absmax, torch.float32)
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    """The packed bytes of a 4-bit tensor stored in any dtype (quant_storage), as a flat uint8 view."""
+    t = t.contiguous()
+    return t.view(-1).view(torch.uint8) if t.dtype != torch.uint8 else t.view(-1)
+
+
+def _nested_args(absmax_8bit, absmax_code, absmax_offset):
+    if absmax_8bit is None:
+        return None, None, 0.0
+    return absmax_8bit.contiguous(), absmax_code.contiguous(), float(absmax_offset)
+
+
+def _scales(absmax, absmax_8bit, absmax_code, absmax_offset):
+    """(absmax, nested_absmax, nested_code, offset) as nybble._C takes them."""
+    if absmax_8bit is None:
+        return absmax.contiguous(), None, None, 0.0
+    q, code, offset = _nested_args(absmax_8bit, absmax_code, absmax_offset)
+    return q, absmax.contiguous(), code, offset
+
+
+# ---- 4-bit ----------------------------------------------------------------------------------------
+
+
+@_fake("quantize_4bit")
+def _(A, blocksize, quant_type, quant_storage):
+    _check_4bit(blocksize, quant_type)
+    _check_float("A", A)
+    n = A.numel()
+    itemsize = torch.empty(0, dtype=quant_storage).element_size()
+    packed = torch.empty(((n + 1) // (2 * itemsize), 1), device=A.device, dtype=quant_storage)
+    return packed, torch.empty(-(n // -blocksize), device=A.device, dtype=torch.float32)
+
+
+@_kernel("quantize_4bit")
+def _(A, blocksize, quant_type, quant_storage):
+    _check_4bit(blocksize, quant_type)
+    _check_float("A", A)
+    n = A.numel()
+    itemsize = torch.empty(0, dtype=quant_storage).element_size()
+    nbytes = (n + 1) // 2
+    torch._check(nbytes % itemsize == 0,
+                 lambda: f"quant_storage = {quant_storage}: the {nbytes} packed bytes of {n} elements are not a "
+                 f"whole number of {itemsize}-byte items (use torch.uint8 or an element count divisible by {2 * itemsize})")
+    packed = torch.empty((nbytes // itemsize, 1), device=A.device, dtype=quant_storage)
+    absmax = torch.empty(-(n // -blocksize), device=A.device, dtype=torch.float32)
+    _C.quantize_4bit(A.contiguous(), _bytes(packed), absmax, blocksize, quant_type)
+    return packed, absmax
+
+
+@_fake("dequantize_4bit")
+def _(A, absmax, blocksize, quant_type, shape, dtype, absmax_8bit=None, absmax_code=None, absmax_offset=None):
+    _check_4bit(blocksize, quant_type)
+    _check_nested(absmax_8bit, absmax_code, absmax_offset)
+    return torch.empty(shape, dtype=dtype, device=A.device)
+
+
+def _dequantize_4bit(A, absmax, blocksize, quant_type, out, absmax_8bit=None, absmax_code=None, absmax_offset=None):
+    _check_4bit(blocksize, quant_type)
+    _check_float("out", out)
+    _check_nested(absmax_8bit, absmax_code, absmax_offset)
+    q, nested, code, offset = _scales(absmax, absmax_8bit, absmax_code, absmax_offset)
+    _C.dequantize_4bit(_bytes(A), q, nested, code, offset, NESTED_BLOCKSIZE, blocksize, quant_type, out)
+
+
+@_kernel("dequantize_4bit")
+def _(A, absmax, blocksize, quant_type, shape, dtype, absmax_8bit=None, absmax_code=None, absmax_offset=None):
+    out = torch.empty(shape, dtype=dtype, device=A.device)
+    _dequantize_4bit(A, absmax, blocksize, quant_type, out, absmax_8bit, absmax_code, absmax_offset)
+    return out
+
+
+@_fake("dequantize_4bit.out")
+def _(A, absmax, blocksize, quant_type, shape, dtype, out):
+    torch._check(list(out.shape) == list(shape), lambda: f"out has shape {list(out.shape)}, expected {list(shape)}")
+    torch._check(out.dtype == dtype, lambda: f"out has dtype {out.dtype}, expected {dtype}")
+
+
+@_kernel("dequantize_4bit.out")
+def _(A, absmax, blocksize, quant_type, shape, dtype, out):
+    torch._check(list(out.shape) == list(shape), lambda: f"out has shape {list(out.shape)}, expected {list(shape)}")
+    torch._check(out.dtype == dtype, lambda: f"out has dtype {out.dtype}, expected {dtype}")
+    torch._check(out.is_contiguous(), lambda: "out must be contiguous")
+    _dequantize_4bit(A, absmax, blocksize, quant_type, out)
+
+
+@_fake("gemm_4bit")
+def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None, absmax_offset=None):
+    _check_gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type)
+    _check_nested(absmax_8bit, absmax_code, absmax_offset)
+    return torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype, device=A.device)
+
+
+@_kernel("gemm_4bit")
+def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None, absmax_offset=None):
+    _check_gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type)
+    _check_nested(absmax_8bit, absmax_code, absmax_offset)
+    N, K = shapeB
+    out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=A.device)
+    if bias is not None and bias.dtype != A.dtype:
+        bias = bias.to(A.dtype)
+    q, nested, code, offset = _scales(absmax, absmax_8bit, absmax_code, absmax_offset)
+    _C.gemm_4bit(A.reshape(-1, K).contiguous(), _bytes(B), q, nested, code, offset, NESTED_BLOCKSIZE, blocksize,
+                 quant_type, None if bias is None else bias.contiguous(), out.view(-1, N))
+    return out
+
+
+def _code_quant_type(code: torch.Tensor) -> str:
+    """gemv_4bit passes the code table, not its name: NF4's second entry is negative, FP4's positive."""
+    torch._check(code.numel() == 16, lambda: f"code must have 16 entries for 4-bit, got {code.numel()}")
+    return "fp4" if float(code[1]) > 0 else "nf4"
+
+
+@_fake("gemv_4bit")
+def _(A, B, shapeB, absmax, code, blocksize):
+    torch._check(len(shapeB) == 2, lambda: f"shapeB must be 2-D [N, K], got {list(shapeB)}")
+    _check_float("A", A)
+    return torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype, device=A.device)
+
+
+@_kernel("gemv_4bit")
+def _(A, B, shapeB, absmax, code, blocksize):
+    return torch.ops.nybble.gemm_4bit.default(A, B, shapeB, absmax, blocksize, _code_quant_type(code))
+
+
+@_fake("gemv_4bit.out")
+def _(A, B, shapeB, absmax, code, blocksize, out):
+    torch._check(out.shape == (*A.shape[:-1], shapeB[0]), lambda: f"out has shape {list(out.shape)}")
+
+
+@_kernel("gemv_4bit.out")
+def _(A, B, shapeB, absmax, code, blocksize, out):
+    out.copy_(torch.ops.nybble.gemm_4bit.default(A, B, shapeB, absmax, blocksize, _code_quant_type(code)))
+
+
+# ---- 8-bit blockwise --------------------------------------------------------------------------------
+
+
+def _check_blockwise(code: torch.Tensor, blocksize: int) -> None:
+    torch._check(blocksize > 0, lambda: f"blocksize = {blocksize} must be positive")
+    _check_dtype("code", code, torch.float32)
+    torch._check(code.numel() == 256, lambda: f"code must have 256 entries, got {code.numel()}")
+
+
+@_fake("quantize_blockwise")
+def _(A, code, blocksize):
+    _check_blockwise(code, blocksize)
+    n = A.numel()
+    return torch.empty_like(A, dtype=torch.uint8), torch.empty(-(n // -blocksize), device=A.device, dtype=torch.float32)
+
+
+@_kernel("quantize_blockwise")
+def _(A, code, blocksize):
+    _check_blockwise(code, blocksize)
+    _check_float("A", A)
+    n = A.numel()
+    out = torch.empty(A.shape, device=A.device, dtype=torch.uint8)
+    absmax = torch.empty(-(n // -blocksize), device=A.device, dtype=torch.float32)
+    _C.quantize_blockwise(A.contiguous(), code.contiguous(), out, absmax, blocksize)
+    return out, absmax
+
+
+@_fake("dequantize_blockwise")
+def _(A, absmax, code, blocksize, dtype):
+    _check_blockwise(code, blocksize)
+    _check_dtype("A", A, torch.uint8)
+    return torch.empty_like(A, dtype=dtype)
+
+
+@_kernel("dequantize_blockwise")
+def _(A, absmax, code, blocksize, dtype):
+    _check_blockwise(code, blocksize)
+    out = torch.empty(A.shape, device=A.device, dtype=dtype)
+    _C.dequantize_blockwise(A.contiguous(), absmax.contiguous(), code.contiguous(), blocksize, out)
+    return out
+
+
+@_fake("dequantize_blockwise.out")
+def _(A, absmax, code, blocksize, dtype, out):
+    torch._check(out.shape == A.shape and out.dtype == dtype,
+                 lambda: f"out must be {dtype} {list(A.shape)}, got {out.dtype} {list(out.shape)}")
+
+
+@_kernel("dequantize_blockwise.out")
+def _(A, absmax, code, blocksize, dtype, out):
+    _check_blockwise(code, blocksize)
+    torch._check(out.shape == A.shape and out.dtype == dtype and out.is_contiguous(),
+                 lambda: f"out must be contiguous {dtype} {list(A.shape)}, got {out.dtype} {list(out.shape)}")
+    _C.dequantize_blockwise(A.contiguous(), absmax.contiguous(), code.contiguous(), blocksize, out)
+
+
+# ---- LLM.int8 -------------------------------------------------------------------------------------
+
+
+@_fake("int8_vectorwise_quant")
+def _(A, threshold=0.0):
+    out = torch.empty_like(A, dtype=torch.int8)
+    rows = A.numel() // A.shape[-1] if A.ndim else 1
+    row_stats = torch.empty(rows, device=A.device, dtype=torch.float32)
+    if threshold == 0.0:
+        return out, row_stats, None
+    n = torch.library.get_ctx().new_dynamic_size()
+    return out, row_stats, torch.empty(n, device=A.device, dtype=torch.int64)
+
+
+@_kernel("int8_vectorwise_quant")
+def _(A, threshold=0.0):
+    _check_float("A", A)
+    torch._check(threshold >= 0.0, lambda: f"threshold = {threshold} must be >= 0 (0 disables outliers)")
+    cols = A.shape[-1] if A.ndim else 1
+    rows = A.numel() // cols if cols else 0
+    out = torch.empty(A.shape, device=A.device, dtype=torch.int8)
+    row_stats = torch.empty(rows, device=A.device, dtype=torch.float32)
+    mask = torch.empty(cols, device=A.device, dtype=torch.uint8) if threshold > 0.0 else None
+    _C.int8_vectorwise_quant(A.reshape(rows, cols).contiguous(), float(threshold), out.view(rows, cols), row_stats, mask)
+    return out, row_stats, None if mask is None else mask.nonzero().view(-1)
+
+
+@_fake("int8_vectorwise_dequant")
+def _(A, stats):
+    _check_dtype("A", A, torch.int8)
+    return torch.empty_like(A, dtype=torch.float32)
+
+
+@_kernel("int8_vectorwise_dequant")
+def _(A, stats):
+    _check_dtype("A", A, torch.int8)
+    out = torch.empty(A.shape, device=A.device, dtype=torch.float32)
+    cols = A.shape[-1] if A.ndim else 1
+    _C.int8_vectorwise_dequant(A.reshape(-1, cols).contiguous(), stats.reshape(-1).float().contiguous(), out.view(-1, cols))
+    return out
+
+
+def _check_int8_matmul(A, B):
+    _check_dtype("A", A, torch.int8)
+    _check_dtype("B", B, torch.int8)
+    torch._check(B.ndim == 2, lambda: f"B must be 2-D [N, K], got {B.ndim}-D")
+    torch._check(A.shape[-1] == B.shape[-1], lambda: f"A's last dimension ({A.shape[-1]}) must equal B's ({B.shape[-1]})")
+
+
+@_fake("int8_linear_matmul")
+def _(A, B):
+    _check_int8_matmul(A, B)
+    return torch.empty((*A.shape[:-1], B.shape[0]), device=A.device, dtype=torch.int32)
+
+
+def _int8_linear_matmul(A, B, out):
+    K = A.shape[-1]
+    _C.int8_linear_matmul(A.reshape(-1, K).contiguous(), B.contiguous(), out.view(-1, B.shape[0]))
+
+
+@_kernel("int8_linear_matmul")
+def _(A, B):
+    _check_int8_matmul(A, B)
+    out = torch.empty((*A.shape[:-1], B.shape[0]), device=A.device, dtype=torch.int32)
+    _int8_linear_matmul(A, B, out)
+    return out
+
+
+@_fake("int8_linear_matmul.out")
+def _(A, B, out):
+    _check_int8_matmul(A, B)
+    _check_dtype("out", out, torch.int32)
+
+
+@_kernel("int8_linear_matmul.out")
+def _(A, B, out):
+    _check_int8_matmul(A, B)
+    _check_dtype("out", out, torch.int32)
+    torch._check(out.shape == (*A.shape[:-1], B.shape[0]) and out.is_contiguous(),
+                 lambda: f"out must be contiguous {[*A.shape[:-1], B.shape[0]]}, got {list(out.shape)}")
+    _int8_linear_matmul(A, B, out)
+
+
+def _check_mm_dequant(A, row_stats, col_stats):
+    _check_dtype("A", A, torch.int32)
+    _check_dtype("row_stats", row_stats, torch.float32)
+    _check_dtype("col_stats", col_stats, torch.float32)
+
+
+@_fake("int8_mm_dequant")
+def _(A, row_stats, col_stats, dtype=None, bias=None):
+    _check_mm_dequant(A, row_stats, col_stats)
+    return torch.empty_like(A, dtype=dtype or torch.float16)
+
+
+@_kernel("int8_mm_dequant")
+def _(A, row_stats, col_stats, dtype=None, bias=None):
+    _check_mm_dequant(A, row_stats, col_stats)
+    out = torch.empty(A.shape, device=A.device, dtype=dtype or torch.float16)
+    N = A.shape[-1]
+    _C.int8_mm_dequant(A.reshape(-1, N).contiguous(), row_stats.reshape(-1).contiguous(), col_stats.reshape(-1).contiguous(),
+                       None if bias is None else bias.contiguous(), out.view(-1, N))
+    return out
+
+
+@_composite("int8_scaled_mm")
+def _(A, B, row_stats, col_stats, bias=None, dtype=None):
+    acc = torch.ops.nybble.int8_linear_matmul.default(A, B)
+    return torch.ops.nybble.int8_mm_dequant.default(acc, row_stats, col_stats, dtype=dtype or torch.float16, bias=bias)
+
+
+@_composite("int8_mixed_scaled_mm")
+def _(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
+    out = torch.ops.nybble.int8_scaled_mm.default(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype)
+    if outlier_cols is None or outlier_cols.numel() == 0:
+        return out, torch.empty(0, device=A.device, dtype=A.dtype)
+    # Outlier columns in the input's precision against the dequantized int8 weight columns (§2.1).
+    subA = A[..., outlier_cols].contiguous()
+    subB = torch.ops.nybble.int8_vectorwise_dequant.default(CB[:, outlier_cols].contiguous(), SCB).to(A.dtype)
+    out.view(-1, out.shape[-1]).addmm_(subA.view(-1, subA.shape[-1]), subB.t())
+    return out, subA
+
+
+@_composite("int8_double_quant")
+def _(A, threshold=0.0):
+    CA, row_stats, outlier_cols = torch.ops.nybble.int8_vectorwise_quant.default(A, threshold)
+    # Column-wise: quantize the transpose row-wise (outliers zeroed first), then transpose back.
+    At = A.reshape(-1, A.shape[-1])
+    if outlier_cols is not None and threshold > 0.0:
+        At = torch.where(At.abs() >= threshold, torch.zeros((), dtype=At.dtype, device=At.device), At)
+    CAt, col_stats, _ = torch.ops.nybble.int8_vectorwise_quant.default(At.t().contiguous(), 0.0)
+    return CA, CAt.t().reshape(A.shape), row_stats, col_stats, outlier_cols
