@@ -36,8 +36,10 @@ nybble::DType to_dtype(const nb::dlpack::dtype& t) {
                                                    std::to_string(t.bits) + " bits) is not supported by nybble");
 }
 
-// A non-owning view of a DLPack tensor; the caller keeps the tensor alive for the call.
-TensorView to_view(const Array& a) {
+// A non-owning view of a DLPack tensor; the caller keeps the tensor alive for the call. `stream`
+// is the cudaStream_t (as an integer) that CUDA kernels on this tensor run on: the torch layer
+// passes torch's current stream; 0 for CPU tensors.
+TensorView to_view(const Array& a, uintptr_t stream) {
   TensorView v;
   v.data = const_cast<void*>(a.data());
   v.dtype = to_dtype(a.dtype());
@@ -59,12 +61,13 @@ TensorView to_view(const Array& a) {
                                                       ") is not supported: nybble runs on cpu and cuda");
   }
   v.device_index = a.device_id();
+  v.stream = reinterpret_cast<void*>(stream);
   return v;
 }
 
-std::optional<TensorView> to_view(const std::optional<Array>& a) {
+std::optional<TensorView> to_view(const std::optional<Array>& a, uintptr_t stream) {
   if (!a) return std::nullopt;
-  return to_view(*a);
+  return to_view(*a, stream);
 }
 
 nybble::QuantType to_quant_type(const std::string& s) {
@@ -75,12 +78,14 @@ nybble::QuantType to_quant_type(const std::string& s) {
 
 // Scales of a 4-bit tensor: absmax alone, or (with nested_absmax) the double-quantized form.
 nybble::BlockScales to_scales(const Array& absmax, const std::optional<Array>& nested_absmax,
-                              const std::optional<Array>& nested_code, float offset, int64_t nested_blocksize) {
-  nybble::BlockScales s{to_view(absmax), std::nullopt};
+                              const std::optional<Array>& nested_code, float offset, int64_t nested_blocksize,
+                              uintptr_t stream) {
+  nybble::BlockScales s{to_view(absmax, stream), std::nullopt};
   if (nested_absmax) {
     if (!nested_code)
       throw nybble::Error(nybble::ErrorKind::Value, "nested_code is None but nested_absmax was given (both are needed)");
-    s.nested = nybble::NestedAbsmax{to_view(*nested_absmax), to_view(*nested_code), offset, nested_blocksize};
+    s.nested = nybble::NestedAbsmax{to_view(*nested_absmax, stream), to_view(*nested_code, stream), offset,
+                                    nested_blocksize};
   }
   return s;
 }
@@ -116,87 +121,87 @@ NB_MODULE(_C, m) {
   using nb::arg;
 
   m.def("quantize_4bit", [](const Array& A, const Array& packed, const Array& absmax, int64_t blocksize,
-                            const std::string& qt) {
+                            const std::string& qt, uintptr_t stream) {
           const auto q = to_quant_type(qt);
-          const auto a = to_view(A), p = to_view(packed), s = to_view(absmax);
+          const auto a = to_view(A, stream), p = to_view(packed, stream), s = to_view(absmax, stream);
           nb::gil_scoped_release release;
           nybble::quantize_4bit(a, p, s, blocksize, q);
-        }, arg("A"), arg("packed"), arg("absmax"), arg("blocksize"), arg("quant_type"));
+        }, arg("A"), arg("packed"), arg("absmax"), arg("blocksize"), arg("quant_type"), arg("stream") = 0);
 
   m.def("dequantize_4bit", [](const Array& packed, const Array& absmax, const std::optional<Array>& nested_absmax,
                               const std::optional<Array>& nested_code, float offset, int64_t nested_blocksize,
-                              int64_t blocksize, const std::string& qt, const Array& out) {
+                              int64_t blocksize, const std::string& qt, const Array& out, uintptr_t stream) {
           const auto q = to_quant_type(qt);
-          const auto s = to_scales(absmax, nested_absmax, nested_code, offset, nested_blocksize);
-          const auto p = to_view(packed), o = to_view(out);
+          const auto s = to_scales(absmax, nested_absmax, nested_code, offset, nested_blocksize, stream);
+          const auto p = to_view(packed, stream), o = to_view(out, stream);
           nb::gil_scoped_release release;
           nybble::dequantize_4bit(p, s, blocksize, q, o);
         }, arg("packed"), arg("absmax"), arg("nested_absmax").none(), arg("nested_code").none(), arg("offset"),
-        arg("nested_blocksize"), arg("blocksize"), arg("quant_type"), arg("out"));
+        arg("nested_blocksize"), arg("blocksize"), arg("quant_type"), arg("out"), arg("stream") = 0);
 
   m.def("gemm_4bit", [](const Array& A, const Array& packed, const Array& absmax, const std::optional<Array>& nested_absmax,
                         const std::optional<Array>& nested_code, float offset, int64_t nested_blocksize,
-                        int64_t blocksize, const std::string& qt, const std::optional<Array>& bias, const Array& out) {
+                        int64_t blocksize, const std::string& qt, const std::optional<Array>& bias, const Array& out, uintptr_t stream) {
           const auto q = to_quant_type(qt);
-          const auto s = to_scales(absmax, nested_absmax, nested_code, offset, nested_blocksize);
-          const auto a = to_view(A), p = to_view(packed), o = to_view(out);
-          const auto b = to_view(bias);
+          const auto s = to_scales(absmax, nested_absmax, nested_code, offset, nested_blocksize, stream);
+          const auto a = to_view(A, stream), p = to_view(packed, stream), o = to_view(out, stream);
+          const auto b = to_view(bias, stream);
           nb::gil_scoped_release release;
           nybble::gemm_4bit(a, p, s, blocksize, q, b, o);
         }, arg("A"), arg("packed"), arg("absmax"), arg("nested_absmax").none(), arg("nested_code").none(), arg("offset"),
-        arg("nested_blocksize"), arg("blocksize"), arg("quant_type"), arg("bias").none(), arg("out"));
+        arg("nested_blocksize"), arg("blocksize"), arg("quant_type"), arg("bias").none(), arg("out"), arg("stream") = 0);
 
-  m.def("quantize_blockwise", [](const Array& A, const Array& code, const Array& out, const Array& absmax, int64_t bs) {
-          const auto a = to_view(A), c = to_view(code), o = to_view(out), s = to_view(absmax);
+  m.def("quantize_blockwise", [](const Array& A, const Array& code, const Array& out, const Array& absmax, int64_t bs, uintptr_t stream) {
+          const auto a = to_view(A, stream), c = to_view(code, stream), o = to_view(out, stream), s = to_view(absmax, stream);
           nb::gil_scoped_release release;
           nybble::quantize_blockwise(a, c, o, s, bs);
-        }, arg("A"), arg("code"), arg("out"), arg("absmax"), arg("blocksize"));
+        }, arg("A"), arg("code"), arg("out"), arg("absmax"), arg("blocksize"), arg("stream") = 0);
 
-  m.def("dequantize_blockwise", [](const Array& codes, const Array& absmax, const Array& code, int64_t bs, const Array& out) {
-          const auto q = to_view(codes), s = to_view(absmax), c = to_view(code), o = to_view(out);
+  m.def("dequantize_blockwise", [](const Array& codes, const Array& absmax, const Array& code, int64_t bs, const Array& out, uintptr_t stream) {
+          const auto q = to_view(codes, stream), s = to_view(absmax, stream), c = to_view(code, stream), o = to_view(out, stream);
           nb::gil_scoped_release release;
           nybble::dequantize_blockwise(q, s, c, bs, o);
-        }, arg("codes"), arg("absmax"), arg("code"), arg("blocksize"), arg("out"));
+        }, arg("codes"), arg("absmax"), arg("code"), arg("blocksize"), arg("out"), arg("stream") = 0);
 
-  m.def("absmax_mean", [](const Array& absmax) {
-          const auto s = to_view(absmax);
+  m.def("absmax_mean", [](const Array& absmax, uintptr_t stream) {
+          const auto s = to_view(absmax, stream);
           nb::gil_scoped_release release;
           return nybble::absmax_mean(s);
-        }, arg("absmax"));
+        }, arg("absmax"), arg("stream") = 0);
 
-  m.def("quantize_absmax_nested", [](const Array& absmax, float offset, const Array& qabsmax, const Array& nested_absmax) {
-          const auto s = to_view(absmax), q = to_view(qabsmax), n = to_view(nested_absmax);
+  m.def("quantize_absmax_nested", [](const Array& absmax, float offset, const Array& qabsmax, const Array& nested_absmax, uintptr_t stream) {
+          const auto s = to_view(absmax, stream), q = to_view(qabsmax, stream), n = to_view(nested_absmax, stream);
           nb::gil_scoped_release release;
           nybble::quantize_absmax_nested(s, offset, q, n);
-        }, arg("absmax"), arg("offset"), arg("qabsmax"), arg("nested_absmax"));
+        }, arg("absmax"), arg("offset"), arg("qabsmax"), arg("nested_absmax"), arg("stream") = 0);
 
   m.def("int8_vectorwise_quant", [](const Array& A, float threshold, const Array& CA, const Array& row_stats,
-                                    const std::optional<Array>& outlier_cols) {
-          const auto a = to_view(A), c = to_view(CA), s = to_view(row_stats);
-          const auto o = to_view(outlier_cols);
+                                    const std::optional<Array>& outlier_cols, uintptr_t stream) {
+          const auto a = to_view(A, stream), c = to_view(CA, stream), s = to_view(row_stats, stream);
+          const auto o = to_view(outlier_cols, stream);
           nb::gil_scoped_release release;
           nybble::int8_vectorwise_quant(a, threshold, c, s, o);
-        }, arg("A"), arg("threshold"), arg("CA"), arg("row_stats"), arg("outlier_cols").none());
+        }, arg("A"), arg("threshold"), arg("CA"), arg("row_stats"), arg("outlier_cols").none(), arg("stream") = 0);
 
-  m.def("int8_vectorwise_dequant", [](const Array& CA, const Array& stats, const Array& out) {
-          const auto c = to_view(CA), s = to_view(stats), o = to_view(out);
+  m.def("int8_vectorwise_dequant", [](const Array& CA, const Array& stats, const Array& out, uintptr_t stream) {
+          const auto c = to_view(CA, stream), s = to_view(stats, stream), o = to_view(out, stream);
           nb::gil_scoped_release release;
           nybble::int8_vectorwise_dequant(c, s, o);
-        }, arg("CA"), arg("stats"), arg("out"));
+        }, arg("CA"), arg("stats"), arg("out"), arg("stream") = 0);
 
-  m.def("int8_linear_matmul", [](const Array& A, const Array& B, const Array& out) {
-          const auto a = to_view(A), b = to_view(B), o = to_view(out);
+  m.def("int8_linear_matmul", [](const Array& A, const Array& B, const Array& out, uintptr_t stream) {
+          const auto a = to_view(A, stream), b = to_view(B, stream), o = to_view(out, stream);
           nb::gil_scoped_release release;
           nybble::int8_linear_matmul(a, b, o);
-        }, arg("A"), arg("B"), arg("out"));
+        }, arg("A"), arg("B"), arg("out"), arg("stream") = 0);
 
   m.def("int8_mm_dequant", [](const Array& acc, const Array& row_stats, const Array& col_stats,
-                              const std::optional<Array>& bias, const Array& out) {
-          const auto a = to_view(acc), r = to_view(row_stats), c = to_view(col_stats), o = to_view(out);
-          const auto b = to_view(bias);
+                              const std::optional<Array>& bias, const Array& out, uintptr_t stream) {
+          const auto a = to_view(acc, stream), r = to_view(row_stats, stream), c = to_view(col_stats, stream), o = to_view(out, stream);
+          const auto b = to_view(bias, stream);
           nb::gil_scoped_release release;
           nybble::int8_mm_dequant(a, r, c, b, o);
-        }, arg("acc"), arg("row_stats"), arg("col_stats"), arg("bias").none(), arg("out"));
+        }, arg("acc"), arg("row_stats"), arg("col_stats"), arg("bias").none(), arg("out"), arg("stream") = 0);
 
   m.def("code_table", &code_table, arg("name"));
   m.def("set_num_threads", &nybble::set_num_threads, arg("n"));
