@@ -4,7 +4,7 @@ the spec) with the same schemas, a fake (meta) kernel for each, and the CPU kern
 Schemas are the reference's, so ``torch.ops.nybble.X`` takes the arguments
 ``torch.ops.bitsandbytes.X`` takes. Two nybble additions, both optional trailing arguments that
 reference-style calls never pass: ``dequantize_4bit`` accepts the double-quantized absmax like
-``gemm_4bit`` does (decoded in the kernel instead of in a separate pass), and ``gemv_4bit``
+``gemm_4bit`` does (decoded in the kernel instead of in a separate pass, stream=_stream(decoded)), and ``gemv_4bit``
 accepts any number of rows.
 
 The kernel functions here only check what the fake kernels cannot (values), allocate outputs and
@@ -120,6 +120,11 @@ def _check_gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type) -> None:
     _check_dtype("absmax", absmax, torch.float32)
 
 
+def _stream(t: torch.Tensor) -> int:
+    """The stream nybble's kernels run on: torch's current stream of t's device (0 on the CPU)."""
+    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+
+
 def _bytes(t: torch.Tensor) -> torch.Tensor:
     """The packed bytes of a 4-bit tensor stored in any dtype (quant_storage), as a flat uint8 view."""
     t = t.contiguous()
@@ -165,7 +170,7 @@ def _(A, blocksize, quant_type, quant_storage):
                  f"whole number of {itemsize}-byte items (use torch.uint8 or an element count divisible by {2 * itemsize})")
     packed = torch.empty((nbytes // itemsize, 1), device=A.device, dtype=quant_storage)
     absmax = torch.empty(-(n // -blocksize), device=A.device, dtype=torch.float32)
-    _C.quantize_4bit(A.contiguous(), _bytes(packed), absmax, blocksize, quant_type)
+    _C.quantize_4bit(A.contiguous(), _bytes(packed), absmax, blocksize, quant_type, stream=_stream(A))
     return packed, absmax
 
 
@@ -181,7 +186,7 @@ def _dequantize_4bit(A, absmax, blocksize, quant_type, out, absmax_8bit=None, ab
     _check_float("out", out)
     _check_nested(absmax_8bit, absmax_code, absmax_offset)
     q, nested, code, offset = _scales(absmax, absmax_8bit, absmax_code, absmax_offset)
-    _C.dequantize_4bit(_bytes(A), q, nested, code, offset, NESTED_BLOCKSIZE, blocksize, quant_type, out)
+    _C.dequantize_4bit(_bytes(A), q, nested, code, offset, NESTED_BLOCKSIZE, blocksize, quant_type, out, stream=_stream(A))
 
 
 @_kernel("dequantize_4bit")
@@ -222,7 +227,7 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
         bias = bias.to(A.dtype)
     q, nested, code, offset = _scales(absmax, absmax_8bit, absmax_code, absmax_offset)
     _C.gemm_4bit(A.reshape(-1, K).contiguous(), _bytes(B), q, nested, code, offset, NESTED_BLOCKSIZE, blocksize,
-                 quant_type, None if bias is None else bias.contiguous(), out.view(-1, N))
+                 quant_type, None if bias is None else bias.contiguous(), out.view(-1, N), stream=_stream(A))
     return out
 
 
@@ -277,7 +282,7 @@ def _(A, code, blocksize):
     n = A.numel()
     out = torch.empty(A.shape, device=A.device, dtype=torch.uint8)
     absmax = torch.empty(-(n // -blocksize), device=A.device, dtype=torch.float32)
-    _C.quantize_blockwise(A.contiguous(), code.contiguous(), out, absmax, blocksize)
+    _C.quantize_blockwise(A.contiguous(), code.contiguous(), out, absmax, blocksize, stream=_stream(A))
     return out, absmax
 
 
@@ -292,7 +297,7 @@ def _(A, absmax, code, blocksize, dtype):
 def _(A, absmax, code, blocksize, dtype):
     _check_blockwise(code, blocksize)
     out = torch.empty(A.shape, device=A.device, dtype=dtype)
-    _C.dequantize_blockwise(A.contiguous(), absmax.contiguous(), code.contiguous(), blocksize, out)
+    _C.dequantize_blockwise(A.contiguous(), absmax.contiguous(), code.contiguous(), blocksize, out, stream=_stream(A))
     return out
 
 
@@ -307,7 +312,7 @@ def _(A, absmax, code, blocksize, dtype, out):
     _check_blockwise(code, blocksize)
     torch._check(out.shape == A.shape and out.dtype == dtype and out.is_contiguous(),
                  lambda: f"out must be contiguous {dtype} {list(A.shape)}, got {out.dtype} {list(out.shape)}")
-    _C.dequantize_blockwise(A.contiguous(), absmax.contiguous(), code.contiguous(), blocksize, out)
+    _C.dequantize_blockwise(A.contiguous(), absmax.contiguous(), code.contiguous(), blocksize, out, stream=_stream(A))
 
 
 # ---- LLM.int8 -------------------------------------------------------------------------------------
@@ -333,7 +338,7 @@ def _(A, threshold=0.0):
     out = torch.empty(A.shape, device=A.device, dtype=torch.int8)
     row_stats = torch.empty(rows, device=A.device, dtype=torch.float32)
     mask = torch.empty(cols, device=A.device, dtype=torch.uint8) if threshold > 0.0 else None
-    _C.int8_vectorwise_quant(A.reshape(rows, cols).contiguous(), float(threshold), out.view(rows, cols), row_stats, mask)
+    _C.int8_vectorwise_quant(A.reshape(rows, cols).contiguous(), float(threshold), out.view(rows, cols), row_stats, mask, stream=_stream(A))
     return out, row_stats, None if mask is None else mask.nonzero().view(-1)
 
 
@@ -348,7 +353,7 @@ def _(A, stats):
     _check_dtype("A", A, torch.int8)
     out = torch.empty(A.shape, device=A.device, dtype=torch.float32)
     cols = A.shape[-1] if A.ndim else 1
-    _C.int8_vectorwise_dequant(A.reshape(-1, cols).contiguous(), stats.reshape(-1).float().contiguous(), out.view(-1, cols))
+    _C.int8_vectorwise_dequant(A.reshape(-1, cols).contiguous(), stats.reshape(-1).float().contiguous(), out.view(-1, cols), stream=_stream(A))
     return out
 
 
@@ -367,7 +372,7 @@ def _(A, B):
 
 def _int8_linear_matmul(A, B, out):
     K = A.shape[-1]
-    _C.int8_linear_matmul(A.reshape(-1, K).contiguous(), B.contiguous(), out.view(-1, B.shape[0]))
+    _C.int8_linear_matmul(A.reshape(-1, K).contiguous(), B.contiguous(), out.view(-1, B.shape[0]), stream=_stream(A))
 
 
 @_kernel("int8_linear_matmul")
@@ -411,7 +416,7 @@ def _(A, row_stats, col_stats, dtype=None, bias=None):
     out = torch.empty(A.shape, device=A.device, dtype=dtype or torch.float16)
     N = A.shape[-1]
     _C.int8_mm_dequant(A.reshape(-1, N).contiguous(), row_stats.reshape(-1).contiguous(), col_stats.reshape(-1).contiguous(),
-                       None if bias is None else bias.contiguous(), out.view(-1, N))
+                       None if bias is None else bias.contiguous(), out.view(-1, N), stream=_stream(A))
     return out
 
 
