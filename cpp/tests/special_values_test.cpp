@@ -141,6 +141,23 @@ TEST_P(SpecialValues, Int8RowsWithNaNAndInf) {
   EXPECT_EQ(CA[4], 127);
 }
 
+TEST_P(SpecialValues, Int8RowMaxIsFullScaleWhenTheQuotientRoundsAbove127) {
+  // For these fp32 values (x * 127) / x rounds to 127.0000076: the row's largest element must
+  // still get +-127 (in the vector body, column 2, and in the scalar tail, column 9).
+  const float a = 0.6404226422309875f, b = -0.6651946902275085f;
+  std::vector<float> A(2 * 10, 0.125f);
+  A[2] = a;
+  A[10 + 9] = b;
+  std::vector<int8_t> CA(A.size());
+  std::vector<float> stats(2);
+  int8_vectorwise_quant(TensorView(A.data(), DType::F32, {2, 10}), 0.0f, TensorView(CA.data(), DType::I8, {2, 10}),
+                        TensorView(stats.data(), DType::F32, {2}));
+  EXPECT_EQ(stats[0], a);
+  EXPECT_EQ(CA[2], 127);
+  EXPECT_EQ(stats[1], -b);
+  EXPECT_EQ(CA[10 + 9], -127);
+}
+
 TEST_P(SpecialValues, Gemm4bitPropagatesNaNFromA) {
   const int64_t K = 64, N = 2;
   std::vector<float> W(static_cast<size_t>(N * K), 0.5f);

@@ -101,9 +101,11 @@ void quant_rows(const typename Elem<T>::storage* A, int64_t cols, float threshol
     j = 0;
     for (; j + 8 <= cols; j += 8) {
       const __m256 xv = load8<T>(x + j);
-      const __m256 v = _mm256_div_ps(_mm256_mul_ps(xv, c127), vstat);
-      // !(|v| <= 127) (NaN) -> 0; outliers -> 0.
-      __m256 keep = _mm256_cmp_ps(_mm256_andnot_ps(sign, v), c127, _CMP_LE_OQ);
+      // Clamped to [-127, 127] as in the oracle (v can exceed 127 by an ulp); NaN -> 0 (max/min
+      // return their second operand for NaN, so clamp with v first and mask NaN separately).
+      const __m256 raw = _mm256_div_ps(_mm256_mul_ps(xv, c127), vstat);
+      __m256 keep = _mm256_cmp_ps(raw, raw, _CMP_ORD_Q);
+      const __m256 v = _mm256_min_ps(_mm256_max_ps(raw, _mm256_sub_ps(_mm256_setzero_ps(), c127)), c127);
       if (split) keep = _mm256_andnot_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, xv), thr, _CMP_GE_OQ), keep);
       const __m256 rv = _mm256_and_ps(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), keep);
       const __m256i i32 = _mm256_cvtps_epi32(rv);  // integral values in [-127, 127]: exact

@@ -9,8 +9,10 @@ namespace nybble::cpu::ref {
 
 int8_t int8_quantize_value(float x, float row_stat) {
   const float v = (x * 127.0f) / row_stat;
-  if (!(std::fabs(v) <= 127.0f)) return 0;  // NaN (0/0, NaN input); |v| <= 127 otherwise
-  return static_cast<int8_t>(std::nearbyint(v));  // default rounding mode: half to even
+  if (std::isnan(v)) return 0;  // 0/0, NaN input
+  // |x| <= row_stat, but x * 127 is rounded before the division, so v can exceed 127 by an ulp
+  // (fp32 inputs): clamp, as the reference's saturating conversion does.
+  return static_cast<int8_t>(std::nearbyint(std::fmin(std::fmax(v, -127.0f), 127.0f)));  // half to even
 }
 
 void int8_quant_rows(const void* Av, DType dt, int64_t cols, float threshold, int8_t* CA,
