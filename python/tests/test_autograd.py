@@ -1,0 +1,288 @@
+"""nybble.autograd: bnb.matmul (LLM.int8) and bnb.matmul_4bit, forward and gradients, against
+torch on the original / dequantized weights (spec §2.2-2.3, §3.2; tolerances §8.2)."""
+
+import warnings
+
+import pytest
+import torch
+
+import nybble as bnb
+from nybble.autograd._functions import MatMul4Bit, MatMul8bitFp, MatMul8bitLt
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+
+
+def _outside(a, b, atol, rtol) -> int:
+    return (~torch.isclose(a.float(), b.float(), atol=atol, rtol=rtol)).sum().item()
+
+
+def _assert_int8_close(out, ref, dtype):
+    """§8.2 bnb.matmul: <= 1.75% (fp16) / 2.1% (bf16, fp32) outside (0.01, 0.1), <= 0.1% outside (0.035, 0.2)."""
+    n = out.numel()
+    assert _outside(out, ref, 0.01, 0.1) <= n * (0.0175 if dtype == torch.float16 else 0.021)
+    assert _outside(out, ref, 0.035, 0.2) <= n * 0.001
+
+
+# ---- MatmulLtState ------------------------------------------------------------------------------
+
+
+def test_matmullt_state_defaults_and_reset():
+    s = bnb.MatmulLtState()
+    assert (s.force_no_igemmlt, s.CB, s.SB, s.SCB, s.SBt, s.CBt, s.subB, s.outlier_pool, s.idx) == (
+        False, None, None, None, None, None, None, None, None)
+    assert (s.has_accumulated_gradients, s.threshold, s.is_training, s.has_fp16_weights, s.use_pool) == (
+        False, 0.0, True, True, False)
+    s.CB, s.SCB, s.CBt = torch.ones(2, 2, dtype=torch.int8), torch.ones(2), torch.ones(1)
+    s.reset_grads()
+    assert s.CB is None and s.SCB is None and s.CBt is None
+    assert bnb.MatmulLtState() == bnb.MatmulLtState()
+
+
+@pytest.mark.parametrize("name", ["CxB", "CxBt", "formatB", "_tile_indices"])
+def test_matmullt_state_deprecated_attributes(name):
+    s = bnb.MatmulLtState()
+    with pytest.warns(FutureWarning, match=f"MatmulLtState.{name} is deprecated"):
+        assert getattr(s, name) is None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        s.nope
+
+
+# ---- LLM.int8 matmul -----------------------------------------------------------------------------
+
+
+def _int8_case(dtype, threshold, m=40, k=96, n=72):
+    A = torch.randn(m, k, dtype=dtype)
+    if threshold > 0:
+        A[:, torch.randperm(k)[: k // 8]] = 6.0  # outlier columns (>= threshold)
+    B = torch.empty(n, k, dtype=dtype)
+    torch.nn.init.xavier_uniform_(B)
+    return A, B
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+@pytest.mark.parametrize("has_fp16_weights", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_matmul_int8_forward(dtype, threshold, has_fp16_weights, training):
+    A, B = _int8_case(dtype, threshold)
+    bias = torch.randn(B.shape[0], dtype=dtype)
+    state = bnb.MatmulLtState()
+    state.threshold = threshold
+    state.has_fp16_weights = has_fp16_weights
+    state.is_training = training
+    B_arg = B
+    if not has_fp16_weights:
+        state.CB, state.SCB, _ = bnb.functional.int8_vectorwise_quant(B)
+        B_arg = state.CB
+    out = bnb.matmul(A, B_arg, state=state, bias=bias)
+    ref = (A.float() @ B.float().t() + bias.float()).to(dtype)
+    assert out.dtype == dtype and out.shape == ref.shape
+    _assert_int8_close(out, ref, dtype)
+    if threshold > 0 and not training:
+        assert state.idx is not None and state.idx.numel() > 0
+    assert state.CB is not None and state.CB.dtype == torch.int8
+
+
+def test_matmul_int8_bf16_beyond_fp16_range():
+    """nybble quantizes bf16 natively: values beyond fp16's range (65504) do not overflow."""
+    A = torch.randn(8, 64, dtype=torch.bfloat16) * 1e5
+    B = torch.randn(16, 64, dtype=torch.bfloat16) * 1e-2
+    state = bnb.MatmulLtState()
+    state.is_training = False
+    out = bnb.matmul(A, B, state=state)
+    ref = A.float() @ B.float().t()
+    assert torch.isfinite(out).all()
+    assert (out.float() - ref).abs().mean() < 0.02 * ref.abs().mean()
+
+
+def test_matmul_int8_dispatch():
+    A, B = _int8_case(torch.float32, 0.0, m=4, k=32, n=8)
+    state = bnb.MatmulLtState()
+    assert bnb.matmul(A, B, state=state).grad_fn is None  # nothing requires grad
+    A.requires_grad_(True)
+    assert type(bnb.matmul(A, B, state=state).grad_fn).__name__ == MatMul8bitFp.__name__ + "Backward"
+    state.is_training = False
+    assert type(bnb.matmul(A, B, state=state).grad_fn).__name__ == MatMul8bitLt.__name__ + "Backward"
+    state2 = bnb.MatmulLtState()
+    bnb.matmul(A, B, state=state2, threshold=3.0)
+    assert state2.threshold == 3.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+@pytest.mark.parametrize("training", [True, False])
+def test_matmul_int8_backward(dtype, threshold, training):
+    A, B = _int8_case(dtype, threshold)
+    bias = torch.randn(B.shape[0], dtype=dtype)
+    A1, B1, bias1 = (t.clone().requires_grad_(True) for t in (A, B, bias))
+    A2, B2, bias2 = (t.clone().requires_grad_(True) for t in (A, B, bias))
+    target = torch.randn(A.shape[0], B.shape[0], dtype=dtype)
+    state = bnb.MatmulLtState()
+    state.threshold = threshold
+    state.is_training = training
+
+    out = bnb.matmul(A1, B1, state=state, bias=bias1)
+    ref = A2 @ B2.t() + bias2
+    out.data.copy_(ref.data)  # same loss: compare the backward pass alone
+    torch.nn.functional.mse_loss(out, target).backward()
+    torch.nn.functional.mse_loss(ref, target).backward()
+
+    torch.testing.assert_close(A1.grad, A2.grad, atol=0.015, rtol=0.1)
+    torch.testing.assert_close(bias1.grad, bias2.grad)
+    # Deprecated trainable int8 weight: int8 weight gradient (§8.2: <= 10% outside (0.06, 0.3),
+    # <= 2% outside (0.1, 0.3), all within (0.18, 0.3)).
+    n = B1.grad.numel()
+    assert B1.grad.abs().sum() > 0
+    assert _outside(B1.grad, B2.grad, 0.06, 0.3) <= n * 0.1
+    assert _outside(B1.grad, B2.grad, 0.10, 0.3) <= n * 0.02
+    torch.testing.assert_close(B1.grad.float(), B2.grad.float(), atol=0.18, rtol=0.3)
+
+
+def test_matmul_int8_3d_and_frozen_int8_weight():
+    A = torch.randn(4, 16, 64, dtype=torch.float16, requires_grad=True)
+    B = torch.empty(48, 64, dtype=torch.float16)
+    torch.nn.init.xavier_uniform_(B)
+    state = bnb.MatmulLtState()
+    state.has_fp16_weights = False
+    state.is_training = False
+    state.CB, state.SCB, _ = bnb.functional.int8_vectorwise_quant(B)
+    out = bnb.matmul(A, state.CB, state=state)
+    assert out.shape == (4, 16, 48) and out.dtype == torch.float16
+    ref = A.detach().float() @ B.float().t()
+    _assert_int8_close(out, ref, torch.float16)
+    g = torch.randn_like(out)
+    out.backward(g)
+    W = bnb.functional.int8_vectorwise_dequant(state.CB, state.SCB)
+    torch.testing.assert_close(A.grad.float(), g.float() @ W, atol=0.015, rtol=0.1)
+
+
+def test_matmul_int8_weight_without_scales_is_an_error():
+    B = torch.randint(-127, 128, (8, 16), dtype=torch.int8)
+    state = bnb.MatmulLtState()
+    state.is_training = False
+    with pytest.raises(ValueError, match="SCB"):
+        bnb.matmul(torch.randn(2, 16), B, state=state)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_matmul_int8_empty_input(training):
+    A = torch.randn(0, 32, requires_grad=True)
+    B = torch.randn(16, 32)
+    bias = torch.randn(16, requires_grad=True)
+    state = bnb.MatmulLtState()
+    state.is_training = training
+    out = bnb.matmul(A, B, state=state, bias=bias)
+    assert out.shape == (0, 16)
+    out.sum().backward()
+    assert A.grad.shape == A.shape and bias.grad.abs().sum() == 0
+
+
+# ---- 4-bit matmul --------------------------------------------------------------------------------
+
+
+def _quantized(n, k, quant_type, nested, dtype=torch.float32, blocksize=64):
+    W = torch.randn(n, k, dtype=dtype) / k**0.5
+    packed, qs = bnb.functional.quantize_4bit(W, blocksize=blocksize, quant_type=quant_type,
+                                              compress_statistics=nested)
+    return W, packed, qs
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("transposed", [False, True], ids=["B", "B.t()"])
+def test_matmul_4bit_forward(dtype, quant_type, nested, transposed):
+    W, packed, qs = _quantized(72, 160, quant_type, nested, dtype)  # K=160: not a multiple of the blocksize
+    A = torch.randn(3, 7, 160, dtype=dtype)
+    bias = torch.randn(72, dtype=dtype)
+    out = bnb.matmul_4bit(A, packed.t() if transposed else packed, qs, bias=bias)
+    assert out.dtype == dtype and out.shape == (3, 7, 72) and out.grad_fn is None
+    W_dq = bnb.functional.dequantize_4bit(packed, qs).float()
+    ref = torch.nn.functional.linear(A.float(), W_dq, bias.float())
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
+    # Against the original weight (§8.2: mean abs error < 0.115 for NF4 or bs <= 64).
+    err = (out.float() - torch.nn.functional.linear(A.float(), W.float(), bias.float())).abs().mean()
+    assert err < 0.115
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("nested", [False, True])
+def test_matmul_4bit_backward(dtype, quant_type, nested):
+    W, packed, qs = _quantized(48, 128, quant_type, nested, dtype)
+    W_dq = bnb.functional.dequantize_4bit(packed, qs)
+    A1 = torch.randn(2, 5, 128, dtype=dtype, requires_grad=True)
+    bias1 = torch.randn(48, dtype=dtype, requires_grad=True)
+    A2, bias2 = A1.detach().clone().requires_grad_(True), bias1.detach().clone().requires_grad_(True)
+    out = bnb.matmul_4bit(A1, packed, qs, bias=bias1)
+    assert type(out.grad_fn).__name__ == MatMul4Bit.__name__ + "Backward"
+    ref = torch.nn.functional.linear(A2, W_dq.to(dtype), bias2)
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(A1.grad, A2.grad, atol=0.015, rtol=0.1)
+    torch.testing.assert_close(bias1.grad, bias2.grad)
+
+
+def test_matmul_4bit_bias_only_grad_and_out():
+    W, packed, qs = _quantized(16, 64, "nf4", True)
+    A = torch.randn(4, 64)
+    bias = torch.zeros(16, requires_grad=True)
+    out = torch.empty(4, 16)
+    res = bnb.matmul_4bit(A, packed, qs, out=out, bias=bias)
+    assert res.data_ptr() == out.data_ptr()
+    res.sum().backward()
+    torch.testing.assert_close(bias.grad, torch.full((16,), 4.0))
+    with torch.no_grad():
+        assert bnb.matmul_4bit(A, packed, qs, bias=bias).grad_fn is None
+
+
+def test_matmul_4bit_deprecated_orientation():
+    Wt, packed, qs = _quantized(96, 32, "nf4", False)  # quantized as [K, N]: K=96, N=32
+    A = torch.randn(5, 96)
+    with pytest.warns(DeprecationWarning, match=r"Re-quantize from the weight in \[N, K\]"):
+        out = bnb.matmul_4bit(A, packed, qs)
+    ref = A @ bnb.functional.dequantize_4bit(packed, qs)
+    assert out.shape == (5, 32)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_matmul_4bit_empty_input():
+    W, packed, qs = _quantized(16, 64, "fp4", False)
+    out = bnb.matmul_4bit(torch.randn(0, 64), packed, qs)
+    assert out.shape == (0, 16)
+    A = torch.randn(0, 64, requires_grad=True)
+    out = bnb.matmul_4bit(A, packed, qs)
+    out.sum().backward()
+    assert A.grad.shape == (0, 64)
+
+
+def test_matmul_4bit_errors():
+    W, packed, qs = _quantized(16, 64, "nf4", True)
+    with pytest.raises(ValueError, match="quant_state is required"):
+        bnb.matmul_4bit(torch.randn(2, 64), packed, None)
+    with pytest.raises(RuntimeError, match="last dimension"):
+        bnb.matmul_4bit(torch.randn(2, 63), packed, qs)
+    qs.state2.blocksize = 128
+    with pytest.raises(NotImplementedError, match="state2.blocksize"):
+        bnb.matmul_4bit(torch.randn(2, 64), packed, qs)
+    qs.state2.blocksize = 256
+    qs.shape = torch.Size([16 * 64])
+    with pytest.raises(ValueError, match="2D"):
+        bnb.matmul_4bit(torch.randn(2, 64), packed, qs)
+
+
+def test_autograd_exports():
+    import nybble.autograd as ag
+
+    for name in ("MatmulLtState", "MatMul8bitLt", "MatMul8bitFp", "MatMul4Bit", "matmul", "matmul_4bit",
+                 "GlobalOutlierPooler"):
+        assert hasattr(ag._functions, name)
+    assert bnb.matmul is ag._functions.matmul and bnb.matmul_4bit is ag._functions.matmul_4bit
+    assert bnb.MatmulLtState is ag._functions.MatmulLtState
+    with pytest.raises(RuntimeError, match="get_instance"):
+        ag.GlobalOutlierPooler()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ag.GlobalOutlierPooler.get_instance() is ag.GlobalOutlierPooler.get_instance()
