@@ -77,12 +77,14 @@ class MatmulLtState:
     CBt: Optional[torch.Tensor] = None
     subB: Optional[torch.Tensor] = None
     outlier_pool: Optional[GlobalOutlierPooler] = None
-    has_accumulated_gradients: bool = False
-    threshold: float = 0.0
     idx: Optional[torch.Tensor] = None
-    is_training: bool = True
-    has_fp16_weights: bool = True
-    use_pool: bool = False
+    # Plain class attributes, not dataclass fields: the constructor's positional parameters are
+    # the reference's (..., outlier_pool, idx).
+    has_accumulated_gradients = False
+    threshold = 0.0
+    is_training = True
+    has_fp16_weights = True
+    use_pool = False
 
     # Attributes of the removed col32/turing/ampere layouts; TGI and vLLM still read `.CxB`.
     _deprecated_fields: ClassVar[frozenset] = frozenset({"CxB", "CxBt", "formatB", "_tile_indices"})

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Python packages that building and testing nybble's Python package needs (only
+# those missing), and the reference bitsandbytes==0.50.2 into .ref/bnb for the side-by-side tests
+# (never imported by nybble itself; the tests that need it skip when it could not be installed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 - <<'PY' | xargs -r python3 -m pip install -q --disable-pip-version-check
+import importlib.util
+wanted = {"torch": "torch", "numpy": "numpy", "pytest": "pytest", "safetensors": "safetensors",
+          "nanobind": "nanobind", "scikit_build_core": "scikit-build-core", "packaging": "packaging",
+          "setuptools": "setuptools"}
+print(" ".join(pkg for mod, pkg in wanted.items() if importlib.util.find_spec(mod) is None))
+PY
+
+if [[ ! -f .ref/bnb/bitsandbytes/__init__.py ]]; then
+  python3 -m pip install -q --disable-pip-version-check --no-deps --target .ref/bnb bitsandbytes==0.50.2 ||
+    echo "setup-python: could not install bitsandbytes==0.50.2 into .ref/bnb; reference tests will skip"
+fi
