@@ -189,6 +189,15 @@ def report(data: dict, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kept_section(md_path: Path) -> str:
+    """The section bench/run_python_bench.py maintains between its marker lines, carried over as is."""
+    old = md_path.read_text() if md_path.exists() else ""
+    begin, end = "<!-- python-bench:begin -->", "<!-- python-bench:end -->"
+    if begin not in old or end not in old:
+        return ""
+    return "\n" + begin + old.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build-dir", default="build-bench", help="CMake build directory (default: build-bench)")
@@ -220,7 +229,7 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.from_json:
         (out_dir / "cpu.json").write_text(json.dumps(data, indent=2) + "\n")
-    md = report(data, rows)
+    md = report(data, rows) + kept_section(out_dir / "cpu.md")
     (out_dir / "cpu.md").write_text(md)
     print(md)
     print(f"wrote {out_dir / 'cpu.md'} and {out_dir / 'cpu.json'}", file=sys.stderr)
