@@ -61,8 +61,12 @@ TEST(Errors, Quantize4bit) {
                ErrorKind::Value, {"packed = float32 [124]", "496 bytes"});
   TensorView on_gpu = f.X();
   on_gpu.device = Device::CUDA;
-  expect_error([&] { quantize_4bit(on_gpu, f.P(), f.M(), 64, QuantType::NF4); }, ErrorKind::Runtime,
-               {"A = float32 [1000] on cuda", "no CUDA backend"});
+  if (cuda_built())  // the other tensors are on the CPU
+    expect_error([&] { quantize_4bit(on_gpu, f.P(), f.M(), 64, QuantType::NF4); }, ErrorKind::Value,
+                 {"packed = uint8 [500] on cpu", "must be on the same device as A = float32 [1000] on cuda:0"});
+  else
+    expect_error([&] { quantize_4bit(on_gpu, f.P(), f.M(), 64, QuantType::NF4); }, ErrorKind::Runtime,
+                 {"A = float32 [1000] on cuda", "no CUDA backend"});
   EXPECT_TRUE(f.untouched());
   // A float32 view of the packed bytes (quant_storage=float32) is accepted when sizes agree.
   std::vector<float> storage(125);

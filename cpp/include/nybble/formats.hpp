@@ -113,8 +113,9 @@ inline uint8_t quantize_4bit_value(QuantType t, float x) {
   return t == QuantType::NF4 ? quantize_nf4(x) : quantize_fp4(x);
 }
 
-// Blocksizes (§1.4): 4-bit accepts these on every device; 8-bit accepts these on CUDA and any
-// positive blocksize on the CPU.
+// Blocksizes (§1.4): 4-bit accepts these on every device. k8bitCudaBlocksizes are the 8-bit
+// blocksizes the reference's CUDA build accepts; nybble takes any positive 8-bit blocksize on
+// every device.
 inline constexpr std::array<int64_t, 8> k4bitBlocksizes = {32, 64, 128, 256, 512, 1024, 2048, 4096};
 inline constexpr std::array<int64_t, 7> k8bitCudaBlocksizes = {64, 128, 256, 512, 1024, 2048, 4096};
 
@@ -127,6 +128,14 @@ constexpr bool is_valid_4bit_blocksize(int64_t bs) {
 // Double quantization (§1.6): the 4-bit absmax minus its mean is quantized blockwise with the
 // signed dynamic map in blocks of this size.
 inline constexpr int64_t kNestedBlocksize = 256;
+
+// Note [Offset]: the offset (mean of absmax) is summed in double in one fixed order on every
+// device, so the CPU and the GPU store the same offset bit for bit: lane l of kMeanLanes sums
+// elements l, l + kMeanLanes, l + 2 * kMeanLanes, ... in ascending order; lane sums are then
+// added pairwise (lane l += lane l + h for h = kMeanLanes / 2, ..., 1); lane 0's total is rounded
+// once to fp32 and multiplied by 1.0f / n (as torch.mean scales). torch's CUDA mean sums in fp32
+// in its own order, so the reference's offset can be one ulp away (1 of 24 golden cases).
+inline constexpr int64_t kMeanLanes = 1024;
 
 constexpr int64_t num_blocks(int64_t n, int64_t blocksize) { return (n + blocksize - 1) / blocksize; }
 

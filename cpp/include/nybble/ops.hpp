@@ -25,6 +25,10 @@ struct NestedAbsmax {
   TensorView nested_code;    // f32 [256]
   float offset = 0.0f;
   int64_t nested_blocksize = kNestedBlocksize;
+  // The offset as a tensor (f32, one element, on the device of the data): when given it is used
+  // instead of `offset`, and a GPU kernel reads it on the GPU, so the offset that
+  // absmax_mean(absmax, out) left there never has to come back to the host.
+  std::optional<TensorView> offset_tensor = std::nullopt;
 };
 
 // Per-block scales of a blockwise-quantized tensor: plain f32 absmax, or u8 codes of a
@@ -63,13 +67,20 @@ void dequantize_blockwise(const TensorView& codes, const TensorView& absmax, con
 
 // ---- double quantization of absmax (§1.6) ------------------------------------------------------
 
-// The offset subtracted before nesting: mean of absmax, as fp32 (sum(absmax) rounded once to
-// fp32, times 1.0f / n).
+// The offset subtracted before nesting: mean of absmax, as fp32 (summed in double in the fixed
+// order of Note [Offset] in formats.hpp, so every device gives the same bits). For a GPU tensor
+// this form waits for the GPU (it synchronizes the tensor's stream); the next form does not.
 float absmax_mean(const TensorView& absmax);
+// The same mean written to out (f32, one element, on absmax's device), without synchronizing.
+void absmax_mean(const TensorView& absmax, const TensorView& out);
 
 // absmax (f32 [nblocks]) -> qabsmax (u8 [nblocks]) and nested_absmax (f32 [ceil(nblocks/256)]):
 // quantize_blockwise(absmax - offset, dynamic_map_signed(), blocksize 256).
 void quantize_absmax_nested(const TensorView& absmax, float offset, const TensorView& qabsmax,
+                            const TensorView& nested_absmax);
+// The same with the offset read from a tensor (f32, one element, on absmax's device), e.g. the
+// output of absmax_mean(absmax, out).
+void quantize_absmax_nested(const TensorView& absmax, const TensorView& offset, const TensorView& qabsmax,
                             const TensorView& nested_absmax);
 
 // The inverse: out (f32 [nblocks]) = the scales the nested absmax stands for.
@@ -82,7 +93,8 @@ void dequantize_absmax_nested(const TensorView& qabsmax, const NestedAbsmax& nes
 // row_stats[r] = max |A[r, j]| over the row; CA = round_half_even(A * 127 / row_stats).
 // threshold > 0: elements with |x| >= threshold are outliers: they are left out of row_stats,
 // every column holding one is zeroed in CA, and outlier_cols (u8 [cols], if given) gets 1 for
-// those columns and 0 elsewhere.
+// those columns and 0 elsewhere. On a GPU, outlier_cols is required when threshold > 0: the
+// kernels collect the columns there (nybble allocates no device memory of its own).
 void int8_vectorwise_quant(const TensorView& A, float threshold, const TensorView& CA,
                            const TensorView& row_stats,
                            const std::optional<TensorView>& outlier_cols = std::nullopt);
@@ -115,6 +127,8 @@ std::string cpu_features();
 std::string version();
 
 // Whether this build includes the CUDA backend, and how many GPUs it sees (0 without a driver).
+// GPU tensors: all tensors of one call must be on the same GPU and carry the same stream
+// (TensorView::stream); every kernel of the call runs on that stream.
 bool cuda_built();
 int cuda_device_count();
 

@@ -21,7 +21,11 @@ struct TensorView {
   std::array<int64_t, kMaxDims> strides{};  // in elements
   Device device = Device::CPU;
   int32_t device_index = 0;
-  void* stream = nullptr;  // cudaStream_t for CUDA views; nullptr = the current/default stream
+  // cudaStream_t that a call's CUDA kernels run on. nullptr is CUDA's stream 0: the device's
+  // legacy default stream (which synchronizes with other blocking streams) unless the program is
+  // compiled for per-thread default streams. Pass the stream your framework works on (the Python
+  // layer passes torch's current stream). Ignored for CPU views.
+  void* stream = nullptr;
 
   // A contiguous (row-major) view.
   TensorView() = default;

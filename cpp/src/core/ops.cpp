@@ -1,5 +1,6 @@
-// core/ops.cpp — the public entry points: validate, then split the work over the thread pool and
-// run the selected CPU kernel set (core/dispatch.hpp) on each slice.
+// core/ops.cpp — the public entry points: validate, then either hand GPU tensors to the CUDA
+// backend (cuda/backend.hpp) or split the work over the thread pool and run the selected CPU
+// kernel set (core/dispatch.hpp) on each slice.
 #include "nybble/ops.hpp"
 
 #include <algorithm>
@@ -14,6 +15,8 @@
 namespace nybble {
 namespace {
 
+using core::Arg;
+using core::backend_for;
 using core::check_dtype;
 using core::check_float;
 using core::check_numel;
@@ -34,15 +37,22 @@ void check_packed(const char* op, const TensorView& packed, int64_t n) {
              std::to_string(packed_4bit_bytes(n)) + " for n = " + std::to_string(n) + " elements");
 }
 
-// Validates scales for nblocks blocks and returns the kernels' view of them.
-cpu::Scales check_scales(const char* op, const BlockScales& s, int64_t nblocks) {
+const TensorView* opt(const std::optional<TensorView>& t) { return t ? &*t : nullptr; }
+
+// The offset tensor of double quantization: f32, one element.
+void check_offset_tensor(const char* op, const char* arg, const TensorView& t) {
+  check_tensor(op, arg, t);
+  check_dtype(op, arg, t, {DType::F32});
+  check_numel(op, arg, t, 1, "the offset of double quantization");
+}
+
+// Validates scales for nblocks blocks (their device is checked with the call's other tensors).
+void check_scales(const char* op, const BlockScales& s, int64_t nblocks) {
   check_tensor(op, "absmax", s.absmax);
-  cpu::Scales out;
   if (!s.nested) {
     check_dtype(op, "absmax", s.absmax, {DType::F32});
     check_numel(op, "absmax", s.absmax, nblocks, "one per block");
-    out.absmax = s.absmax.ptr<const float>();
-    return out;
+    return;
   }
   const NestedAbsmax& n = *s.nested;
   check_dtype(op, "absmax", s.absmax, {DType::U8});
@@ -56,13 +66,30 @@ cpu::Scales check_scales(const char* op, const BlockScales& s, int64_t nblocks) 
   check_tensor(op, "nested_code", n.nested_code);
   check_dtype(op, "nested_code", n.nested_code, {DType::F32});
   check_numel(op, "nested_code", n.nested_code, 256, "an 8-bit code map");
+  if (n.offset_tensor) check_offset_tensor(op, "offset_tensor", *n.offset_tensor);
+}
+
+// The CPU kernels' view of validated CPU scales.
+cpu::Scales cpu_scales(const BlockScales& s) {
+  cpu::Scales out;
+  if (!s.nested) {
+    out.absmax = s.absmax.ptr<const float>();
+    return out;
+  }
+  const NestedAbsmax& n = *s.nested;
   out.qabsmax = s.absmax.ptr<const uint8_t>();
   out.nested_absmax = n.nested_absmax.ptr<const float>();
   out.nested_code = n.nested_code.ptr<const float>();
-  out.offset = n.offset;
+  out.offset = n.offset_tensor ? *n.offset_tensor->ptr<const float>() : n.offset;
   out.nested_blocksize = n.nested_blocksize;
   return out;
 }
+
+// The scales' tensors, as arguments of backend_for.
+Arg scale_arg(const BlockScales& s) { return {"absmax", &s.absmax}; }
+Arg nested_absmax_arg(const BlockScales& s) { return {"nested_absmax", s.nested ? &s.nested->nested_absmax : nullptr}; }
+Arg nested_code_arg(const BlockScales& s) { return {"nested_code", s.nested ? &s.nested->nested_code : nullptr}; }
+Arg offset_arg(const BlockScales& s) { return {"offset_tensor", s.nested ? opt(s.nested->offset_tensor) : nullptr}; }
 
 void check_code8(const char* op, const TensorView& code) {
   check_tensor(op, "code", code);
@@ -92,6 +119,8 @@ void quantize_4bit(const TensorView& A, const TensorView& packed, const TensorVi
   check_tensor(op, "absmax", absmax);
   check_dtype(op, "absmax", absmax, {DType::F32});
   check_numel(op, "absmax", absmax, nb, "one per block");
+  if (const auto* cu = backend_for(op, {{"A", &A}, {"packed", &packed}, {"absmax", &absmax}}))
+    return cu->quantize_4bit(A, packed, absmax, blocksize, qt);
   const auto& k = core::cpu_kernels();
   core::parallel_for(nb, grain_for(blocksize), [&](int64_t b0, int64_t b1) {
     k.quantize_4bit(A.data, A.dtype, n, blocksize, qt, packed.ptr<uint8_t>(), absmax.ptr<float>(), b0, b1);
@@ -106,7 +135,11 @@ void dequantize_4bit(const TensorView& packed, const BlockScales& scales, int64_
   core::check_4bit_blocksize(op, blocksize);
   const int64_t n = out.numel(), nb = num_blocks(n, blocksize);
   check_packed(op, packed, n);
-  const cpu::Scales s = check_scales(op, scales, nb);
+  check_scales(op, scales, nb);
+  if (const auto* cu = backend_for(op, {{"packed", &packed}, scale_arg(scales), nested_absmax_arg(scales),
+                                        nested_code_arg(scales), offset_arg(scales), {"out", &out}}))
+    return cu->dequantize_4bit(packed, scales, blocksize, qt, out);
+  const cpu::Scales s = cpu_scales(scales);
   const auto& k = core::cpu_kernels();
   core::parallel_for(nb, grain_for(blocksize), [&](int64_t b0, int64_t b1) {
     k.dequantize_4bit(packed.ptr<const uint8_t>(), s, n, blocksize, qt, out.data, out.dtype, b0, b1);
@@ -129,13 +162,16 @@ void gemm_4bit(const TensorView& A, const TensorView& packed, const BlockScales&
     fail(ErrorKind::Value, op, "out = " + describe(out), "must have as many rows as A = " + describe(A));
   const int64_t n = N * K;
   check_packed(op, packed, n);
-  const cpu::Scales s = check_scales(op, scales, num_blocks(n, blocksize));
+  check_scales(op, scales, num_blocks(n, blocksize));
   if (bias) {
     check_tensor(op, "bias", *bias);
     check_dtype(op, "bias", *bias, {A.dtype});
     check_numel(op, "bias", *bias, N, "one per output column");
   }
-  const cpu::Gemm4Args args{A.data, A.dtype, M, N, K, packed.ptr<const uint8_t>(), s, blocksize, qt,
+  if (const auto* cu = backend_for(op, {{"A", &A}, {"packed", &packed}, scale_arg(scales), nested_absmax_arg(scales),
+                                        nested_code_arg(scales), offset_arg(scales), {"bias", opt(bias)}, {"out", &out}}))
+    return cu->gemm_4bit(A, packed, scales, blocksize, qt, bias, out);
+  const cpu::Gemm4Args args{A.data, A.dtype, M, N, K, packed.ptr<const uint8_t>(), cpu_scales(scales), blocksize, qt,
                             bias ? bias->data : nullptr, out.data};
   const auto& k = core::cpu_kernels();
   core::parallel_for(N, grain_for(std::max<int64_t>(1, K * std::max<int64_t>(M, 1) / 4)),
@@ -162,9 +198,17 @@ static void check_blockwise(const char* op, const char* values_name, const Tenso
   check_numel(op, "absmax", absmax, num_blocks(n, blocksize), "one per block");
 }
 
+static const cuda::Backend* blockwise_backend(const char* op, const char* values_name, const TensorView& values,
+                                              const TensorView& codes, const TensorView& absmax, const TensorView& code) {
+  const char* codes_name = values_name[0] == 'A' ? "out" : "codes";
+  return backend_for(op, {{values_name, &values}, {codes_name, &codes}, {"absmax", &absmax}, {"code", &code}});
+}
+
 void quantize_blockwise(const TensorView& A, const TensorView& code, const TensorView& out,
                         const TensorView& absmax, int64_t blocksize) {
   check_blockwise("quantize_blockwise", "A", A, out, absmax, code, blocksize);
+  if (const auto* cu = blockwise_backend("quantize_blockwise", "A", A, out, absmax, code))
+    return cu->quantize_blockwise(A, code, out, absmax, blocksize);
   const int64_t n = A.numel();
   const auto& k = core::cpu_kernels();
   core::parallel_for(num_blocks(n, blocksize), grain_for(blocksize), [&](int64_t b0, int64_t b1) {
@@ -176,6 +220,8 @@ void quantize_blockwise(const TensorView& A, const TensorView& code, const Tenso
 void dequantize_blockwise(const TensorView& codes, const TensorView& absmax, const TensorView& code,
                           int64_t blocksize, const TensorView& out) {
   check_blockwise("dequantize_blockwise", "out", out, codes, absmax, code, blocksize);
+  if (const auto* cu = blockwise_backend("dequantize_blockwise", "out", out, codes, absmax, code))
+    return cu->dequantize_blockwise(codes, absmax, code, blocksize, out);
   const int64_t n = out.numel();
   const auto& k = core::cpu_kernels();
   core::parallel_for(num_blocks(n, blocksize), grain_for(blocksize), [&](int64_t b0, int64_t b1) {
@@ -186,33 +232,73 @@ void dequantize_blockwise(const TensorView& codes, const TensorView& absmax, con
 
 // ---- double quantization ---------------------------------------------------------------------------
 
-float absmax_mean(const TensorView& absmax) {
-  const char* op = "absmax_mean";
+static void check_absmax_for_mean(const char* op, const TensorView& absmax) {
   check_tensor(op, "absmax", absmax);
   check_dtype(op, "absmax", absmax, {DType::F32});
-  const int64_t n = absmax.numel();
-  if (n == 0) fail(ErrorKind::Value, op, "absmax = " + describe(absmax), "must not be empty");
-  // Note [Offset]: the sum is accumulated in double and rounded once to fp32, then multiplied by
-  // 1.0f / n as torch.mean does. torch's CUDA reduction sums in fp32 in its own order, so the
-  // reference's offset can differ from this by one ulp (1 of 24 golden cases).
+  if (absmax.numel() == 0) fail(ErrorKind::Value, op, "absmax = " + describe(absmax), "must not be empty");
+}
+
+// Note [Offset] (formats.hpp): lanes summed in ascending order, then added pairwise.
+static float absmax_mean_cpu(const TensorView& absmax) {
   const float* a = absmax.ptr<const float>();
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) sum += a[i];
-  return static_cast<float>(sum) * (1.0f / static_cast<float>(n));
+  const int64_t n = absmax.numel();
+  std::vector<double> lane(static_cast<size_t>(kMeanLanes), 0.0);
+  for (int64_t i = 0; i < n; ++i) lane[static_cast<size_t>(i % kMeanLanes)] += a[i];
+  for (int64_t h = kMeanLanes / 2; h >= 1; h /= 2)
+    for (int64_t l = 0; l < h; ++l) lane[static_cast<size_t>(l)] += lane[static_cast<size_t>(l + h)];
+  return static_cast<float>(lane[0]) * (1.0f / static_cast<float>(n));
+}
+
+float absmax_mean(const TensorView& absmax) {
+  const char* op = "absmax_mean";
+  check_absmax_for_mean(op, absmax);
+  if (const auto* cu = backend_for(op, {{"absmax", &absmax}})) return cu->absmax_mean_to_host(absmax);
+  return absmax_mean_cpu(absmax);
+}
+
+void absmax_mean(const TensorView& absmax, const TensorView& out) {
+  const char* op = "absmax_mean";
+  check_absmax_for_mean(op, absmax);
+  check_offset_tensor(op, "out", out);
+  if (const auto* cu = backend_for(op, {{"absmax", &absmax}, {"out", &out}})) return cu->absmax_mean(absmax, out);
+  *out.ptr<float>() = absmax_mean_cpu(absmax);
+}
+
+// Both forms of quantize_absmax_nested; offset_tensor, when given, replaces offset.
+static void quantize_absmax_nested_impl(const TensorView& absmax, float offset, const std::optional<TensorView>& offset_tensor,
+                                        const TensorView& qabsmax, const TensorView& nested_absmax) {
+  const char* op = "quantize_absmax_nested";
+  check_tensor(op, "absmax", absmax);
+  check_dtype(op, "absmax", absmax, {DType::F32});
+  if (offset_tensor) check_offset_tensor(op, "offset", *offset_tensor);
+  const int64_t n = absmax.numel();
+  check_tensor(op, "qabsmax", qabsmax);
+  check_dtype(op, "qabsmax", qabsmax, {DType::U8});
+  check_numel(op, "qabsmax", qabsmax, n, "one code per element of absmax");
+  check_tensor(op, "nested_absmax", nested_absmax);
+  check_dtype(op, "nested_absmax", nested_absmax, {DType::F32});
+  check_numel(op, "nested_absmax", nested_absmax, num_blocks(n, kNestedBlocksize),
+              "one per nested block of " + std::to_string(kNestedBlocksize) + " absmax values");
+  if (const auto* cu = backend_for(op, {{"absmax", &absmax}, {"offset", opt(offset_tensor)}, {"qabsmax", &qabsmax},
+                                        {"nested_absmax", &nested_absmax}}))
+    return cu->quantize_absmax_nested(absmax, offset, offset_tensor, qabsmax, nested_absmax);
+  const float off = offset_tensor ? *offset_tensor->ptr<const float>() : offset;
+  std::vector<float> centered(static_cast<size_t>(n));
+  const float* a = absmax.ptr<const float>();
+  for (int64_t i = 0; i < n; ++i) centered[static_cast<size_t>(i)] = a[i] - off;
+  const Code8& map = dynamic_map_signed();
+  quantize_blockwise(TensorView(centered.data(), DType::F32, {n}), TensorView(map.data(), DType::F32, {256}),
+                     qabsmax, nested_absmax, kNestedBlocksize);
 }
 
 void quantize_absmax_nested(const TensorView& absmax, float offset, const TensorView& qabsmax,
                             const TensorView& nested_absmax) {
-  const char* op = "quantize_absmax_nested";
-  check_tensor(op, "absmax", absmax);
-  check_dtype(op, "absmax", absmax, {DType::F32});
-  const int64_t n = absmax.numel();
-  std::vector<float> centered(static_cast<size_t>(n));
-  const float* a = absmax.ptr<const float>();
-  for (int64_t i = 0; i < n; ++i) centered[static_cast<size_t>(i)] = a[i] - offset;
-  const Code8& map = dynamic_map_signed();
-  quantize_blockwise(TensorView(centered.data(), DType::F32, {n}), TensorView(map.data(), DType::F32, {256}),
-                     qabsmax, nested_absmax, kNestedBlocksize);
+  quantize_absmax_nested_impl(absmax, offset, std::nullopt, qabsmax, nested_absmax);
+}
+
+void quantize_absmax_nested(const TensorView& absmax, const TensorView& offset, const TensorView& qabsmax,
+                            const TensorView& nested_absmax) {
+  quantize_absmax_nested_impl(absmax, 0.0f, offset, qabsmax, nested_absmax);
 }
 
 void dequantize_absmax_nested(const TensorView& qabsmax, const NestedAbsmax& nested, const TensorView& out) {
@@ -220,7 +306,12 @@ void dequantize_absmax_nested(const TensorView& qabsmax, const NestedAbsmax& nes
   check_tensor(op, "out", out);
   check_dtype(op, "out", out, {DType::F32});
   const int64_t n = out.numel();
-  const cpu::Scales s = check_scales(op, BlockScales{qabsmax, nested}, n);
+  const BlockScales scales{qabsmax, nested};
+  check_scales(op, scales, n);
+  if (const auto* cu = backend_for(op, {{"qabsmax", &qabsmax}, nested_absmax_arg(scales), nested_code_arg(scales),
+                                        offset_arg(scales), {"out", &out}}))
+    return cu->dequantize_absmax_nested(qabsmax, nested, out);
+  const cpu::Scales s = cpu_scales(scales);
   float* o = out.ptr<float>();
   for (int64_t i = 0; i < n; ++i) o[i] = s(i);
 }
@@ -247,6 +338,13 @@ void int8_vectorwise_quant(const TensorView& A, float threshold, const TensorVie
     check_numel(op, "outlier_cols", *outlier_cols, cols, "one flag per column of A");
   }
   const bool split = threshold > 0.0f;
+  if (const auto* cu = backend_for(op, {{"A", &A}, {"CA", &CA}, {"row_stats", &row_stats}, {"outlier_cols", opt(outlier_cols)}})) {
+    if (split && !outlier_cols)
+      fail(ErrorKind::Value, op, "outlier_cols = None",
+           "must be given for GPU tensors when threshold = " + std::to_string(threshold) +
+               " > 0 (the kernels collect the outlier columns there)");
+    return cu->int8_vectorwise_quant(A, threshold, CA, row_stats, outlier_cols);
+  }
   const auto& k = core::cpu_kernels();
   int8_t* ca = CA.ptr<int8_t>();
   if (!split) {
@@ -288,6 +386,8 @@ void int8_vectorwise_dequant(const TensorView& CA, const TensorView& stats, cons
   check_tensor(op, "out", out);
   check_float(op, "out", out);
   check_numel(op, "out", out, CA.numel(), "one per element of CA");
+  if (const auto* cu = backend_for(op, {{"CA", &CA}, {"stats", &stats}, {"out", &out}}))
+    return cu->int8_vectorwise_dequant(CA, stats, out);
   const int8_t* ca = CA.ptr<const int8_t>();
   const float* st = stats.ptr<const float>();
   core::parallel_for(rows, grain_for(cols), [&](int64_t r0, int64_t r1) {
@@ -311,6 +411,7 @@ void int8_linear_matmul(const TensorView& A, const TensorView& B, const TensorVi
   check_tensor(op, "out", out);
   check_dtype(op, "out", out, {DType::I32});
   check_numel(op, "out", out, M * N, "[M, N] = [" + std::to_string(M) + ", " + std::to_string(N) + "]");
+  if (const auto* cu = backend_for(op, {{"A", &A}, {"B", &B}, {"out", &out}})) return cu->int8_linear_matmul(A, B, out);
   if (K == 0) {
     std::fill_n(out.ptr<int32_t>(), M * N, 0);
     return;
@@ -341,6 +442,9 @@ void int8_mm_dequant(const TensorView& acc, const TensorView& row_stats, const T
   check_tensor(op, "out", out);
   check_float(op, "out", out);
   check_numel(op, "out", out, acc.numel(), "one per element of acc");
+  if (const auto* cu = backend_for(op, {{"acc", &acc}, {"row_stats", &row_stats}, {"col_stats", &col_stats},
+                                        {"bias", opt(bias)}, {"out", &out}}))
+    return cu->int8_mm_dequant(acc, row_stats, col_stats, bias, out);
   const auto& k = core::cpu_kernels();
   core::parallel_for(M, grain_for(N), [&](int64_t r0, int64_t r1) {
     k.int8_mm_dequant(acc.ptr<const int32_t>(), row_stats.ptr<const float>(), col_stats.ptr<const float>(),

@@ -14,7 +14,7 @@ std::string describe(const TensorView& t) {
     if (i) s += ", ";
     s += std::to_string(t.shape[static_cast<size_t>(i)]);
   }
-  s += t.device == Device::CPU ? "] on cpu" : "] on cuda";
+  s += t.device == Device::CPU ? "] on cpu" : "] on cuda:" + std::to_string(t.device_index);
   return s;
 }
 
@@ -27,7 +27,7 @@ void check_tensor(const char* op, const char* arg, const TensorView& t) {
   if (t.ndim < 0 || t.ndim > kMaxDims) fail(ErrorKind::Value, op, what, "has an invalid number of dimensions");
   for (int i = 0; i < t.ndim; ++i)
     if (t.shape[static_cast<size_t>(i)] < 0) fail(ErrorKind::Value, op, what, "has a negative dimension");
-  if (t.device != Device::CPU)
+  if (t.device != Device::CPU && cuda::backend() == nullptr)
     fail(ErrorKind::Runtime, op, what, "is not on the CPU, and this build of nybble has no CUDA backend");
   if (t.numel() > 0 && t.data == nullptr) fail(ErrorKind::Value, op, what, "has a null data pointer");
   if (!t.is_contiguous()) fail(ErrorKind::Value, op, what, "must be contiguous (row-major)");
@@ -69,6 +69,26 @@ void check_4bit_blocksize(const char* op, int64_t blocksize) {
 
 void check_positive_blocksize(const char* op, int64_t blocksize) {
   if (blocksize <= 0) fail(ErrorKind::Value, op, "blocksize = " + std::to_string(blocksize), "must be positive");
+}
+
+const cuda::Backend* backend_for(const char* op, std::initializer_list<Arg> args) {
+  const Arg* first = nullptr;
+  for (const Arg& a : args) {
+    if (a.view == nullptr) continue;
+    if (first == nullptr) {
+      first = &a;
+      continue;
+    }
+    const TensorView &t = *a.view, &f = *first->view;
+    const bool gpu = t.device == Device::CUDA;
+    if (t.device != f.device || (gpu && t.device_index != f.device_index))
+      fail(ErrorKind::Value, op, std::string(a.name) + " = " + describe(t),
+           "must be on the same device as " + std::string(first->name) + " = " + describe(f));
+    if (gpu && t.stream != f.stream)
+      fail(ErrorKind::Value, op, std::string(a.name) + " = " + describe(t),
+           "carries another stream than " + std::string(first->name) + " (all tensors of one call run on one stream)");
+  }
+  return first != nullptr && first->view->device == Device::CUDA ? cuda::backend() : nullptr;
 }
 
 }  // namespace nybble::core

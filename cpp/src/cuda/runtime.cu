@@ -1,7 +1,16 @@
-// cuda/runtime.cu — CUDA runtime queries. The CUDA kernels themselves live beside this file, one
-// op family per file (see docs/ARCHITECTURE.md).
+// cuda/runtime.cu — CUDA runtime queries, the per-call device/stream helper of launch.cuh, and the
+// backend table core dispatches GPU tensors through. The kernels live beside this file, one op
+// family per file (see docs/ARCHITECTURE.md).
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <string>
+
+#include "cuda/backend.hpp"
+#include "cuda/launch.cuh"
+#include "nybble/error.hpp"
 #include "nybble/ops.hpp"
 
 namespace nybble {
@@ -20,3 +29,54 @@ int cuda_device_count() {
 }
 
 }  // namespace nybble
+
+namespace nybble::cuda {
+
+void throw_cuda_error(const char* op, const char* what, cudaError_t err) {
+  (void)cudaGetLastError();  // clear a non-sticky error so the next call starts clean
+  throw Error(ErrorKind::Runtime, std::string(op) + ": " + what + " failed: " + cudaGetErrorName(err) + ": " +
+                                      cudaGetErrorString(err));
+}
+
+Call::Call(const char* op, const TensorView& t)
+    : op_(op), device_(t.device_index), previous_device_(-1), stream_(static_cast<cudaStream_t>(t.stream)) {
+  int current = -1;
+  check(cudaGetDevice(&current), "cudaGetDevice");
+  if (current != device_) {
+    check(cudaSetDevice(device_), ("cudaSetDevice(" + std::to_string(device_) + ")").c_str());
+    previous_device_ = current;
+  }
+}
+
+Call::~Call() {
+  if (previous_device_ >= 0) (void)cudaSetDevice(previous_device_);  // best effort: destructors do not throw
+}
+
+int sm_count(int device) {
+  static std::array<std::atomic<int>, 64> cache{};  // 0 = not queried yet
+  const bool cached = device >= 0 && device < static_cast<int>(cache.size());
+  if (cached)
+    if (int n = cache[static_cast<size_t>(device)].load(std::memory_order_relaxed)) return n;
+  int n = 0;
+  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "sm_count", "cudaDeviceGetAttribute");
+  if (cached) cache[static_cast<size_t>(device)].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+unsigned Call::grid(int64_t items, int64_t per_block, int per_sm) const {
+  const int64_t needed = std::max<int64_t>(1, ceil_div(items, per_block));
+  return static_cast<unsigned>(std::min<int64_t>(needed, int64_t{per_sm} * sm_count(device_)));
+}
+
+const Backend* backend() {
+  static const Backend b{
+      quantize_4bit,        dequantize_4bit,          gemm_4bit,
+      quantize_blockwise,   dequantize_blockwise,     absmax_mean,
+      absmax_mean_to_host,  quantize_absmax_nested,   dequantize_absmax_nested,
+      int8_vectorwise_quant, int8_vectorwise_dequant, int8_linear_matmul,
+      int8_mm_dequant,
+  };
+  return &b;
+}
+
+}  // namespace nybble::cuda

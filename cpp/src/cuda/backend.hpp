@@ -1,0 +1,55 @@
+// cuda/backend.hpp — what core calls to run an op on CUDA tensors: one launcher per op, reached
+// through a table so that a build without CUDA needs no stubs (no_cuda.cpp returns no table).
+//
+// Plain C++ (no CUDA types), included by core and by the .cu files that define the launchers.
+// Launchers receive arguments that core has already validated (dtypes, sizes, one device, one
+// stream); they set the device for the call, launch on the views' stream and throw nybble::Error
+// (ErrorKind::Runtime) naming the op and the CUDA error when a launch or a library call fails.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "nybble/ops.hpp"
+
+namespace nybble::cuda {
+
+// The launchers, one definition each in the op family's .cu file. Most have the signature of the
+// public op they run (ops.hpp); the others are spelled out.
+decltype(nybble::quantize_4bit) quantize_4bit;
+decltype(nybble::dequantize_4bit) dequantize_4bit;
+decltype(nybble::gemm_4bit) gemm_4bit;
+decltype(nybble::quantize_blockwise) quantize_blockwise;
+decltype(nybble::dequantize_blockwise) dequantize_blockwise;
+decltype(nybble::dequantize_absmax_nested) dequantize_absmax_nested;
+decltype(nybble::int8_vectorwise_quant) int8_vectorwise_quant;  // outlier_cols given whenever threshold > 0
+decltype(nybble::int8_vectorwise_dequant) int8_vectorwise_dequant;
+decltype(nybble::int8_linear_matmul) int8_linear_matmul;
+decltype(nybble::int8_mm_dequant) int8_mm_dequant;
+// The mean into a device tensor, or back to the host (this one synchronizes absmax's stream).
+void absmax_mean(const TensorView& absmax, const TensorView& out);
+float absmax_mean_to_host(const TensorView& absmax);
+// Both public forms: offset_tensor, when given, replaces offset.
+void quantize_absmax_nested(const TensorView& absmax, float offset, const std::optional<TensorView>& offset_tensor,
+                            const TensorView& qabsmax, const TensorView& nested_absmax);
+
+struct Backend {
+  decltype(&cuda::quantize_4bit) quantize_4bit;
+  decltype(&cuda::dequantize_4bit) dequantize_4bit;
+  decltype(&cuda::gemm_4bit) gemm_4bit;
+  decltype(&cuda::quantize_blockwise) quantize_blockwise;
+  decltype(&cuda::dequantize_blockwise) dequantize_blockwise;
+  void (*absmax_mean)(const TensorView& absmax, const TensorView& out);
+  decltype(&cuda::absmax_mean_to_host) absmax_mean_to_host;
+  decltype(&cuda::quantize_absmax_nested) quantize_absmax_nested;
+  decltype(&cuda::dequantize_absmax_nested) dequantize_absmax_nested;
+  decltype(&cuda::int8_vectorwise_quant) int8_vectorwise_quant;
+  decltype(&cuda::int8_vectorwise_dequant) int8_vectorwise_dequant;
+  decltype(&cuda::int8_linear_matmul) int8_linear_matmul;
+  decltype(&cuda::int8_mm_dequant) int8_mm_dequant;
+};
+
+// The CUDA backend of this build, or nullptr when it was built without CUDA.
+const Backend* backend();
+
+}  // namespace nybble::cuda
