@@ -17,3 +17,11 @@ if [[ ! -f .ref/bnb/bitsandbytes/__init__.py ]]; then
   python3 -m pip install -q --disable-pip-version-check --no-deps --target .ref/bnb bitsandbytes==0.50.2 ||
     echo "setup-python: could not install bitsandbytes==0.50.2 into .ref/bnb; reference tests will skip"
 fi
+
+# The reference with only its CUDA 13 library (~5 MB), small enough to carry to the GPU machine
+# for scripts/device-test.sh and bench/run_h200_bench.py.
+if [[ -f .ref/bnb/bitsandbytes/__init__.py && ! -d .ref/bnb-cuda ]]; then
+  (cd .ref/bnb && find bitsandbytes bitsandbytes-*.dist-info -type f \
+     \( ! -name 'libbitsandbytes_*' -o -name 'libbitsandbytes_cuda130.so' \) ! -path '*/__pycache__/*' \
+     -exec install -D -m 644 {} ../bnb-cuda/{} \;)
+fi

@@ -49,7 +49,11 @@ class DeviceBuffer {
 };
 
 void upload(const DeviceBuffer& d, size_t offset, const void* src, size_t bytes) {
-  if (bytes) cuda_check(cudaMemcpy(d.at(offset), src, bytes, cudaMemcpyHostToDevice), "upload");
+  if (!bytes) return;
+  cuda_check(cudaMemcpy(d.at(offset), src, bytes, cudaMemcpyHostToDevice), "upload");
+  // A copy from pageable memory may return before its DMA lands, and the kernels run on a
+  // non-blocking stream that does not wait for the legacy stream: finish the copy first.
+  cuda_check(cudaDeviceSynchronize(), "upload: cudaDeviceSynchronize");
 }
 Bytes download(const DeviceBuffer& d, size_t offset, size_t bytes) {
   Bytes h(bytes);

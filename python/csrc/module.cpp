@@ -76,16 +76,18 @@ nybble::QuantType to_quant_type(const std::string& s) {
   throw nybble::Error(nybble::ErrorKind::Value, "quant_type = '" + s + "' is not supported (must be 'nf4' or 'fp4')");
 }
 
-// Scales of a 4-bit tensor: absmax alone, or (with nested_absmax) the double-quantized form.
+// Scales of a 4-bit tensor: absmax alone, or (with nested_absmax) the double-quantized form whose
+// offset stays a one-element tensor on the data's device (read there by the kernel: no sync).
 nybble::BlockScales to_scales(const Array& absmax, const std::optional<Array>& nested_absmax,
-                              const std::optional<Array>& nested_code, float offset, int64_t nested_blocksize,
-                              uintptr_t stream) {
+                              const std::optional<Array>& nested_code, const std::optional<Array>& offset,
+                              int64_t nested_blocksize, uintptr_t stream) {
   nybble::BlockScales s{to_view(absmax, stream), std::nullopt};
   if (nested_absmax) {
-    if (!nested_code)
-      throw nybble::Error(nybble::ErrorKind::Value, "nested_code is None but nested_absmax was given (both are needed)");
-    s.nested = nybble::NestedAbsmax{to_view(*nested_absmax, stream), to_view(*nested_code, stream), offset,
-                                    nested_blocksize};
+    if (!nested_code || !offset)
+      throw nybble::Error(nybble::ErrorKind::Value,
+                          "nested_absmax was given without nested_code and offset (all three are needed)");
+    s.nested = nybble::NestedAbsmax{to_view(*nested_absmax, stream), to_view(*nested_code, stream), 0.0f,
+                                    nested_blocksize, to_view(*offset, stream)};
   }
   return s;
 }
@@ -129,26 +131,26 @@ NB_MODULE(_C, m) {
         }, arg("A"), arg("packed"), arg("absmax"), arg("blocksize"), arg("quant_type"), arg("stream") = 0);
 
   m.def("dequantize_4bit", [](const Array& packed, const Array& absmax, const std::optional<Array>& nested_absmax,
-                              const std::optional<Array>& nested_code, float offset, int64_t nested_blocksize,
-                              int64_t blocksize, const std::string& qt, const Array& out, uintptr_t stream) {
+                              const std::optional<Array>& nested_code, const std::optional<Array>& offset,
+                              int64_t nested_blocksize, int64_t blocksize, const std::string& qt, const Array& out, uintptr_t stream) {
           const auto q = to_quant_type(qt);
           const auto s = to_scales(absmax, nested_absmax, nested_code, offset, nested_blocksize, stream);
           const auto p = to_view(packed, stream), o = to_view(out, stream);
           nb::gil_scoped_release release;
           nybble::dequantize_4bit(p, s, blocksize, q, o);
-        }, arg("packed"), arg("absmax"), arg("nested_absmax").none(), arg("nested_code").none(), arg("offset"),
+        }, arg("packed"), arg("absmax"), arg("nested_absmax").none(), arg("nested_code").none(), arg("offset").none(),
         arg("nested_blocksize"), arg("blocksize"), arg("quant_type"), arg("out"), arg("stream") = 0);
 
   m.def("gemm_4bit", [](const Array& A, const Array& packed, const Array& absmax, const std::optional<Array>& nested_absmax,
-                        const std::optional<Array>& nested_code, float offset, int64_t nested_blocksize,
-                        int64_t blocksize, const std::string& qt, const std::optional<Array>& bias, const Array& out, uintptr_t stream) {
+                        const std::optional<Array>& nested_code, const std::optional<Array>& offset,
+                        int64_t nested_blocksize, int64_t blocksize, const std::string& qt, const std::optional<Array>& bias, const Array& out, uintptr_t stream) {
           const auto q = to_quant_type(qt);
           const auto s = to_scales(absmax, nested_absmax, nested_code, offset, nested_blocksize, stream);
           const auto a = to_view(A, stream), p = to_view(packed, stream), o = to_view(out, stream);
           const auto b = to_view(bias, stream);
           nb::gil_scoped_release release;
           nybble::gemm_4bit(a, p, s, blocksize, q, b, o);
-        }, arg("A"), arg("packed"), arg("absmax"), arg("nested_absmax").none(), arg("nested_code").none(), arg("offset"),
+        }, arg("A"), arg("packed"), arg("absmax"), arg("nested_absmax").none(), arg("nested_code").none(), arg("offset").none(),
         arg("nested_blocksize"), arg("blocksize"), arg("quant_type"), arg("bias").none(), arg("out"), arg("stream") = 0);
 
   m.def("quantize_blockwise", [](const Array& A, const Array& code, const Array& out, const Array& absmax, int64_t bs, uintptr_t stream) {
@@ -162,18 +164,6 @@ NB_MODULE(_C, m) {
           nb::gil_scoped_release release;
           nybble::dequantize_blockwise(q, s, c, bs, o);
         }, arg("codes"), arg("absmax"), arg("code"), arg("blocksize"), arg("out"), arg("stream") = 0);
-
-  m.def("absmax_mean", [](const Array& absmax, uintptr_t stream) {
-          const auto s = to_view(absmax, stream);
-          nb::gil_scoped_release release;
-          return nybble::absmax_mean(s);
-        }, arg("absmax"), arg("stream") = 0);
-
-  m.def("quantize_absmax_nested", [](const Array& absmax, float offset, const Array& qabsmax, const Array& nested_absmax, uintptr_t stream) {
-          const auto s = to_view(absmax, stream), q = to_view(qabsmax, stream), n = to_view(nested_absmax, stream);
-          nb::gil_scoped_release release;
-          nybble::quantize_absmax_nested(s, offset, q, n);
-        }, arg("absmax"), arg("offset"), arg("qabsmax"), arg("nested_absmax"), arg("stream") = 0);
 
   m.def("int8_vectorwise_quant", [](const Array& A, float threshold, const Array& CA, const Array& row_stats,
                                     const std::optional<Array>& outlier_cols, uintptr_t stream) {
@@ -203,6 +193,20 @@ NB_MODULE(_C, m) {
           nybble::int8_mm_dequant(a, r, c, b, o);
         }, arg("acc"), arg("row_stats"), arg("col_stats"), arg("bias").none(), arg("out"), arg("stream") = 0);
 
+  // Paged buffers: zero-filled managed memory as a 1-D uint8 CUDA tensor of `device` that frees
+  // the memory when torch releases the tensor; the torch layer views it as the dtype it needs.
+  m.def("managed_empty", [](int64_t nbytes, int device) {
+          void* p = nybble::managed_alloc(nbytes, device);
+          nb::capsule owner(p, [](void* q) noexcept { nybble::managed_free(q); });
+          const size_t shape[1] = {static_cast<size_t>(nbytes)};
+          return nb::ndarray<nb::pytorch, uint8_t, nb::ndim<1>>(p, 1, shape, owner, nullptr, nb::dtype<uint8_t>(),
+                                                                 nb::device::cuda::value, device);
+        }, arg("nbytes"), arg("device"));
+  m.def("managed_prefetch", [](const Array& t, int device, uintptr_t stream) {
+          const auto v = to_view(t, stream);
+          nb::gil_scoped_release release;
+          nybble::managed_prefetch(v.data, v.nbytes(), device, v.stream);
+        }, arg("tensor"), arg("device"), arg("stream") = 0);
   m.def("code_table", &code_table, arg("name"));
   m.def("set_num_threads", &nybble::set_num_threads, arg("n"));
   m.def("get_num_threads", &nybble::get_num_threads);

@@ -4,12 +4,12 @@ the spec) with the same schemas, a fake (meta) kernel for each, and the CPU kern
 Schemas are the reference's, so ``torch.ops.nybble.X`` takes the arguments
 ``torch.ops.bitsandbytes.X`` takes. Two nybble additions, both optional trailing arguments that
 reference-style calls never pass: ``dequantize_4bit`` accepts the double-quantized absmax like
-``gemm_4bit`` does (decoded in the kernel instead of in a separate pass, stream=_stream(decoded)), and ``gemv_4bit``
+``gemm_4bit`` does (decoded in the kernel instead of in a separate pass), and ``gemv_4bit``
 accepts any number of rows.
 
 The kernel functions here only check what the fake kernels cannot (values), allocate outputs and
-call nybble._C; all element work is in C++. The same functions serve the CUDA dispatch key once
-the CUDA backend registers it.
+call nybble._C; all element work is in C++. The same functions serve the CPU and the CUDA
+dispatch keys; on the GPU, kernels run on torch's current stream.
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ _SCHEMAS = {
 for _name, _schema in _SCHEMAS.items():
     _lib.define(_name + _schema)
 
-# Kernels implemented by nybble._C on these dispatch keys; the CUDA backend adds "CUDA".
-KERNEL_KEYS = ["CPU"]
+# Kernels implemented by nybble._C on these dispatch keys: the same functions serve both, the C++
+# core picks the device from the tensors.
+KERNEL_KEYS = ["CPU", "CUDA"] if _C.cuda_built() else ["CPU"]
 
 
 def _kernel(name: str):
@@ -122,7 +123,7 @@ def _check_gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type) -> None:
 
 def _stream(t: torch.Tensor) -> int:
     """The stream nybble's kernels run on: torch's current stream of t's device (0 on the CPU)."""
-    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+    return torch._C._cuda_getCurrentRawStream(t.device.index) if t.is_cuda else 0
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
@@ -131,18 +132,14 @@ def _bytes(t: torch.Tensor) -> torch.Tensor:
     return t.view(-1).view(torch.uint8) if t.dtype != torch.uint8 else t.view(-1)
 
 
-def _nested_args(absmax_8bit, absmax_code, absmax_offset):
-    if absmax_8bit is None:
-        return None, None, 0.0
-    return absmax_8bit.contiguous(), absmax_code.contiguous(), float(absmax_offset)
-
-
 def _scales(absmax, absmax_8bit, absmax_code, absmax_offset):
-    """(absmax, nested_absmax, nested_code, offset) as nybble._C takes them."""
+    """(absmax, nested_absmax, nested_code, offset) as nybble._C takes them. The offset stays a
+    one-element fp32 tensor on the data's device: the kernel reads it there (no host sync, so the
+    op can be captured in a CUDA graph)."""
     if absmax_8bit is None:
-        return absmax.contiguous(), None, None, 0.0
-    q, code, offset = _nested_args(absmax_8bit, absmax_code, absmax_offset)
-    return q, absmax.contiguous(), code, offset
+        return absmax.contiguous(), None, None, None
+    offset = absmax_offset.to(device=absmax_8bit.device, dtype=torch.float32).reshape(1)
+    return absmax_8bit.contiguous(), absmax.contiguous(), absmax_code.contiguous(), offset
 
 
 # ---- 4-bit ----------------------------------------------------------------------------------------
@@ -217,14 +214,29 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
     return torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype, device=A.device)
 
 
+# Rows of A up to which the GPU runs gemm_4bit's streaming kernel (the weight read once, decoded in
+# registers); above it the weight is dequantized into a scratch tensor and multiplied by cuBLASLt
+# (F.linear). The fused tensor-core kernel for mid-size M will add its own range here.
+GPU_STREAMING_MAX_ROWS = 8
+
+
+def _gemm_4bit_dequant_linear(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code, absmax_offset):
+    W = torch.empty(shapeB, dtype=A.dtype, device=A.device)
+    _dequantize_4bit(B, absmax, blocksize, quant_type, W, absmax_8bit, absmax_code, absmax_offset)
+    return torch.nn.functional.linear(A, W, bias)
+
+
 @_kernel("gemm_4bit")
 def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None, absmax_offset=None):
     _check_gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type)
     _check_nested(absmax_8bit, absmax_code, absmax_offset)
     N, K = shapeB
-    out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=A.device)
     if bias is not None and bias.dtype != A.dtype:
         bias = bias.to(A.dtype)
+    if A.is_cuda and A.numel() // max(K, 1) > GPU_STREAMING_MAX_ROWS:
+        return _gemm_4bit_dequant_linear(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code,
+                                         absmax_offset)
+    out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=A.device)
     q, nested, code, offset = _scales(absmax, absmax_8bit, absmax_code, absmax_offset)
     _C.gemm_4bit(A.reshape(-1, K).contiguous(), _bytes(B), q, nested, code, offset, NESTED_BLOCKSIZE, blocksize,
                  quant_type, None if bias is None else bias.contiguous(), out.view(-1, N), stream=_stream(A))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import itertools
+import math
 import numbers
 import statistics
 import warnings
@@ -954,12 +955,21 @@ def _warn_no_paging(device) -> None:
 
 
 def get_paged(*shape, dtype=torch.float32, device=FIRST_CUDA_DEVICE):
-    """A zero-filled tensor standing in for a paged buffer of ``shape`` and ``dtype``. The
-    reference allocates CUDA managed memory; nybble has no managed allocator yet, so this warns
-    once and returns an ordinary tensor on ``device`` (on the CPU where that device does not
-    exist). It carries ``is_paged = True`` and ``page_deviceid`` like the reference's, so paged
-    optimizers keep their control flow."""
+    """A zero-filled paged buffer of ``shape`` and ``dtype``: CUDA managed memory that the driver
+    moves between the GPU and the host on demand, so paged buffers together may exceed the GPU's
+    memory. Unlike the reference (a CPU-typed tensor over the managed pointer), nybble returns a
+    tensor of the CUDA ``device``, which every kernel and torch op takes as is; the memory is
+    freed when the tensor (and every view of it) is released. Without a GPU, or in a build without
+    CUDA, it warns once and returns an ordinary tensor (on the CPU where the device does not
+    exist). Carries ``is_paged = True``, ``is_managed`` and ``page_deviceid`` like the
+    reference's."""
     device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available() and _C.cuda_built():
+        index = torch.cuda.current_device() if device.index is None else device.index
+        numel = math.prod(shape)
+        out = _C.managed_empty(numel * dtype.itemsize, index).view(dtype).view(shape)
+        out.is_paged, out.is_managed, out.page_deviceid = True, True, index
+        return out
     if device.type == "cuda" and not torch.cuda.is_available():
         device = torch.device("cpu")
     _warn_no_paging(device)
@@ -971,10 +981,14 @@ def get_paged(*shape, dtype=torch.float32, device=FIRST_CUDA_DEVICE):
 
 
 def prefetch_tensor(A: Tensor, to_cpu=False):
-    """Asks the driver to migrate a paged tensor to its GPU (or to the CPU). Ordinary tensors
-    standing in for paged ones (see ``get_paged``) need no migration."""
+    """Asks the driver to migrate a paged tensor to its GPU (or, ``to_cpu``, to the host),
+    asynchronously on torch's current stream. Ordinary tensors standing in for paged ones (see
+    ``get_paged``) need no migration."""
     if not getattr(A, "is_paged", False):
         raise ValueError("Only paged tensors can be prefetched!")
+    if getattr(A, "is_managed", False):
+        stream = torch._C._cuda_getCurrentRawStream(A.device.index)
+        _C.managed_prefetch(A.view(-1).view(torch.uint8), -1 if to_cpu else A.page_deviceid, stream=stream)
 
 
 def elementwise_func(func_name, A, B, value, prefetch=True):

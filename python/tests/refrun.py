@@ -3,7 +3,9 @@
 The reference is installed (not by nybble) into ``.ref/bnb`` at the repository root:
 ``pip install --no-deps --target .ref/bnb bitsandbytes==0.50.2``. It has the import name
 ``bitsandbytes`` like nybble's drop-in, so it runs in its own process with ``.ref/bnb`` first on
-the path. Tensors go in and out through ``torch.save`` files.
+the path. Tensors go in and out through ``torch.save`` files, so CUDA tensors arrive in the
+subprocess as CUDA tensors (the reference then runs its CUDA kernels) and come back as CUDA
+tensors; ``tree_to`` moves nested results to one device.
 """
 
 from __future__ import annotations
@@ -55,3 +57,14 @@ def run_reference(code: str, **inputs) -> dict:
         if proc.returncode != 0:
             raise RuntimeError(f"reference run failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         return torch.load(out, weights_only=False)
+
+
+def tree_to(obj, device):
+    """``obj`` with every tensor in it (through dicts, lists and tuples) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: tree_to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(tree_to(v, device) for v in obj)
+    return obj

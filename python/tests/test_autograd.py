@@ -1,5 +1,11 @@
 """nybble.autograd: bnb.matmul (LLM.int8) and bnb.matmul_4bit, forward and gradients, against
-torch on the original / dequantized weights (spec §2.2-2.3, §3.2; tolerances §8.2)."""
+torch on the original / dequantized weights (spec §2.2-2.3, §3.2; tolerances §8.2).
+
+The matmul tests take the ``device`` fixture (conftest.py): inputs are drawn on the CPU and moved
+to the device. Forward results are compared with fp32 torch on the CPU; gradients with torch's
+autograd on the same device. As in the reference, ``bnb.matmul`` in training mode takes
+MatMul8bitFp (int8 weight dequantized, activations not quantized) on the CPU and MatMul8bitLt on
+CUDA."""
 
 import warnings
 
@@ -50,22 +56,22 @@ def test_matmullt_state_deprecated_attributes(name):
 # ---- LLM.int8 matmul -----------------------------------------------------------------------------
 
 
-def _int8_case(dtype, threshold, m=40, k=96, n=72):
+def _int8_case(dtype, threshold, m=40, k=96, n=72, device="cpu"):
     A = torch.randn(m, k, dtype=dtype)
     if threshold > 0:
         A[:, torch.randperm(k)[: k // 8]] = 6.0  # outlier columns (>= threshold)
     B = torch.empty(n, k, dtype=dtype)
     torch.nn.init.xavier_uniform_(B)
-    return A, B
+    return A.to(device), B.to(device)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
 @pytest.mark.parametrize("has_fp16_weights", [True, False])
 @pytest.mark.parametrize("training", [True, False])
-def test_matmul_int8_forward(dtype, threshold, has_fp16_weights, training):
-    A, B = _int8_case(dtype, threshold)
-    bias = torch.randn(B.shape[0], dtype=dtype)
+def test_matmul_int8_forward(device, dtype, threshold, has_fp16_weights, training):
+    A, B = _int8_case(dtype, threshold, device=device)
+    bias = torch.randn(B.shape[0], dtype=dtype).to(device)
     state = bnb.MatmulLtState()
     state.threshold = threshold
     state.has_fp16_weights = has_fp16_weights
@@ -75,6 +81,8 @@ def test_matmul_int8_forward(dtype, threshold, has_fp16_weights, training):
         state.CB, state.SCB, _ = bnb.functional.int8_vectorwise_quant(B)
         B_arg = state.CB
     out = bnb.matmul(A, B_arg, state=state, bias=bias)
+    assert out.device.type == device
+    A, B, bias, out = A.cpu(), B.cpu(), bias.cpu(), out.cpu()
     ref = (A.float() @ B.float().t() + bias.float()).to(dtype)
     assert out.dtype == dtype and out.shape == ref.shape
     _assert_int8_close(out, ref, dtype)
@@ -83,24 +91,26 @@ def test_matmul_int8_forward(dtype, threshold, has_fp16_weights, training):
     assert state.CB is not None and state.CB.dtype == torch.int8
 
 
-def test_matmul_int8_bf16_beyond_fp16_range():
+def test_matmul_int8_bf16_beyond_fp16_range(device):
     """nybble quantizes bf16 natively: values beyond fp16's range (65504) do not overflow."""
     A = torch.randn(8, 64, dtype=torch.bfloat16) * 1e5
     B = torch.randn(16, 64, dtype=torch.bfloat16) * 1e-2
     state = bnb.MatmulLtState()
     state.is_training = False
-    out = bnb.matmul(A, B, state=state)
+    out = bnb.matmul(A.to(device), B.to(device), state=state).cpu()
     ref = A.float() @ B.float().t()
     assert torch.isfinite(out).all()
     assert (out.float() - ref).abs().mean() < 0.02 * ref.abs().mean()
 
 
-def test_matmul_int8_dispatch():
-    A, B = _int8_case(torch.float32, 0.0, m=4, k=32, n=8)
+def test_matmul_int8_dispatch(device):
+    A, B = _int8_case(torch.float32, 0.0, m=4, k=32, n=8, device=device)
     state = bnb.MatmulLtState()
     assert bnb.matmul(A, B, state=state).grad_fn is None  # nothing requires grad
     A.requires_grad_(True)
-    assert type(bnb.matmul(A, B, state=state).grad_fn).__name__ == MatMul8bitFp.__name__ + "Backward"
+    # Training: MatMul8bitFp on the CPU (and XPU), MatMul8bitLt elsewhere, as in the reference.
+    training = MatMul8bitFp if device == "cpu" else MatMul8bitLt
+    assert type(bnb.matmul(A, B, state=state).grad_fn).__name__ == training.__name__ + "Backward"
     state.is_training = False
     assert type(bnb.matmul(A, B, state=state).grad_fn).__name__ == MatMul8bitLt.__name__ + "Backward"
     state2 = bnb.MatmulLtState()
@@ -111,12 +121,12 @@ def test_matmul_int8_dispatch():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
 @pytest.mark.parametrize("training", [True, False])
-def test_matmul_int8_backward(dtype, threshold, training):
-    A, B = _int8_case(dtype, threshold)
-    bias = torch.randn(B.shape[0], dtype=dtype)
+def test_matmul_int8_backward(device, dtype, threshold, training):
+    A, B = _int8_case(dtype, threshold, device=device)
+    bias = torch.randn(B.shape[0], dtype=dtype).to(device)
     A1, B1, bias1 = (t.clone().requires_grad_(True) for t in (A, B, bias))
     A2, B2, bias2 = (t.clone().requires_grad_(True) for t in (A, B, bias))
-    target = torch.randn(A.shape[0], B.shape[0], dtype=dtype)
+    target = torch.randn(A.shape[0], B.shape[0], dtype=dtype).to(device)
     state = bnb.MatmulLtState()
     state.threshold = threshold
     state.is_training = training
@@ -138,37 +148,38 @@ def test_matmul_int8_backward(dtype, threshold, training):
     torch.testing.assert_close(B1.grad.float(), B2.grad.float(), atol=0.18, rtol=0.3)
 
 
-def test_matmul_int8_3d_and_frozen_int8_weight():
-    A = torch.randn(4, 16, 64, dtype=torch.float16, requires_grad=True)
+def test_matmul_int8_3d_and_frozen_int8_weight(device):
+    A = torch.randn(4, 16, 64, dtype=torch.float16).to(device).requires_grad_(True)
     B = torch.empty(48, 64, dtype=torch.float16)
     torch.nn.init.xavier_uniform_(B)
+    B = B.to(device)
     state = bnb.MatmulLtState()
     state.has_fp16_weights = False
     state.is_training = False
     state.CB, state.SCB, _ = bnb.functional.int8_vectorwise_quant(B)
     out = bnb.matmul(A, state.CB, state=state)
-    assert out.shape == (4, 16, 48) and out.dtype == torch.float16
-    ref = A.detach().float() @ B.float().t()
-    _assert_int8_close(out, ref, torch.float16)
-    g = torch.randn_like(out)
+    assert out.shape == (4, 16, 48) and out.dtype == torch.float16 and out.device.type == device
+    ref = A.detach().cpu().float() @ B.cpu().float().t()
+    _assert_int8_close(out.detach().cpu(), ref, torch.float16)
+    g = torch.randn(out.shape, dtype=out.dtype).to(device)
     out.backward(g)
-    W = bnb.functional.int8_vectorwise_dequant(state.CB, state.SCB)
-    torch.testing.assert_close(A.grad.float(), g.float() @ W, atol=0.015, rtol=0.1)
+    W = bnb.functional.int8_vectorwise_dequant(state.CB, state.SCB).cpu()
+    torch.testing.assert_close(A.grad.cpu().float(), g.cpu().float() @ W, atol=0.015, rtol=0.1)
 
 
-def test_matmul_int8_weight_without_scales_is_an_error():
-    B = torch.randint(-127, 128, (8, 16), dtype=torch.int8)
+def test_matmul_int8_weight_without_scales_is_an_error(device):
+    B = torch.randint(-127, 128, (8, 16), dtype=torch.int8, device=device)
     state = bnb.MatmulLtState()
     state.is_training = False
     with pytest.raises(ValueError, match="SCB"):
-        bnb.matmul(torch.randn(2, 16), B, state=state)
+        bnb.matmul(torch.randn(2, 16, device=device), B, state=state)
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_matmul_int8_empty_input(training):
-    A = torch.randn(0, 32, requires_grad=True)
-    B = torch.randn(16, 32)
-    bias = torch.randn(16, requires_grad=True)
+def test_matmul_int8_empty_input(device, training):
+    A = torch.randn(0, 32, device=device, requires_grad=True)
+    B = torch.randn(16, 32).to(device)
+    bias = torch.randn(16).to(device).requires_grad_(True)
     state = bnb.MatmulLtState()
     state.is_training = training
     out = bnb.matmul(A, B, state=state, bias=bias)
@@ -180,9 +191,10 @@ def test_matmul_int8_empty_input(training):
 # ---- 4-bit matmul --------------------------------------------------------------------------------
 
 
-def _quantized(n, k, quant_type, nested, dtype=torch.float32, blocksize=64):
+def _quantized(n, k, quant_type, nested, dtype=torch.float32, blocksize=64, device="cpu"):
+    """(W on the CPU, its packed data and QuantState on ``device``)."""
     W = torch.randn(n, k, dtype=dtype) / k**0.5
-    packed, qs = bnb.functional.quantize_4bit(W, blocksize=blocksize, quant_type=quant_type,
+    packed, qs = bnb.functional.quantize_4bit(W.to(device), blocksize=blocksize, quant_type=quant_type,
                                               compress_statistics=nested)
     return W, packed, qs
 
@@ -191,13 +203,15 @@ def _quantized(n, k, quant_type, nested, dtype=torch.float32, blocksize=64):
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("nested", [False, True])
 @pytest.mark.parametrize("transposed", [False, True], ids=["B", "B.t()"])
-def test_matmul_4bit_forward(dtype, quant_type, nested, transposed):
-    W, packed, qs = _quantized(72, 160, quant_type, nested, dtype)  # K=160: not a multiple of the blocksize
+def test_matmul_4bit_forward(device, dtype, quant_type, nested, transposed):
+    # K=160: not a multiple of the blocksize
+    W, packed, qs = _quantized(72, 160, quant_type, nested, dtype, device=device)
     A = torch.randn(3, 7, 160, dtype=dtype)
     bias = torch.randn(72, dtype=dtype)
-    out = bnb.matmul_4bit(A, packed.t() if transposed else packed, qs, bias=bias)
-    assert out.dtype == dtype and out.shape == (3, 7, 72) and out.grad_fn is None
-    W_dq = bnb.functional.dequantize_4bit(packed, qs).float()
+    out = bnb.matmul_4bit(A.to(device), packed.t() if transposed else packed, qs, bias=bias.to(device))
+    assert out.dtype == dtype and out.shape == (3, 7, 72) and out.grad_fn is None and out.device.type == device
+    out = out.cpu()
+    W_dq = bnb.functional.dequantize_4bit(packed, qs).float().cpu()
     ref = torch.nn.functional.linear(A.float(), W_dq, bias.float())
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
     torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
@@ -209,11 +223,11 @@ def test_matmul_4bit_forward(dtype, quant_type, nested, transposed):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("nested", [False, True])
-def test_matmul_4bit_backward(dtype, quant_type, nested):
-    W, packed, qs = _quantized(48, 128, quant_type, nested, dtype)
+def test_matmul_4bit_backward(device, dtype, quant_type, nested):
+    W, packed, qs = _quantized(48, 128, quant_type, nested, dtype, device=device)
     W_dq = bnb.functional.dequantize_4bit(packed, qs)
-    A1 = torch.randn(2, 5, 128, dtype=dtype, requires_grad=True)
-    bias1 = torch.randn(48, dtype=dtype, requires_grad=True)
+    A1 = torch.randn(2, 5, 128, dtype=dtype).to(device).requires_grad_(True)
+    bias1 = torch.randn(48, dtype=dtype).to(device).requires_grad_(True)
     A2, bias2 = A1.detach().clone().requires_grad_(True), bias1.detach().clone().requires_grad_(True)
     out = bnb.matmul_4bit(A1, packed, qs, bias=bias1)
     assert type(out.grad_fn).__name__ == MatMul4Bit.__name__ + "Backward"
@@ -225,52 +239,52 @@ def test_matmul_4bit_backward(dtype, quant_type, nested):
     torch.testing.assert_close(bias1.grad, bias2.grad)
 
 
-def test_matmul_4bit_bias_only_grad_and_out():
-    W, packed, qs = _quantized(16, 64, "nf4", True)
-    A = torch.randn(4, 64)
-    bias = torch.zeros(16, requires_grad=True)
-    out = torch.empty(4, 16)
+def test_matmul_4bit_bias_only_grad_and_out(device):
+    W, packed, qs = _quantized(16, 64, "nf4", True, device=device)
+    A = torch.randn(4, 64).to(device)
+    bias = torch.zeros(16, device=device, requires_grad=True)
+    out = torch.empty(4, 16, device=device)
     res = bnb.matmul_4bit(A, packed, qs, out=out, bias=bias)
     assert res.data_ptr() == out.data_ptr()
     res.sum().backward()
-    torch.testing.assert_close(bias.grad, torch.full((16,), 4.0))
+    torch.testing.assert_close(bias.grad, torch.full((16,), 4.0, device=device))
     with torch.no_grad():
         assert bnb.matmul_4bit(A, packed, qs, bias=bias).grad_fn is None
 
 
-def test_matmul_4bit_deprecated_orientation():
-    Wt, packed, qs = _quantized(96, 32, "nf4", False)  # quantized as [K, N]: K=96, N=32
+def test_matmul_4bit_deprecated_orientation(device):
+    Wt, packed, qs = _quantized(96, 32, "nf4", False, device=device)  # quantized as [K, N]: K=96, N=32
     A = torch.randn(5, 96)
     with pytest.warns(DeprecationWarning, match=r"Re-quantize from the weight in \[N, K\]"):
-        out = bnb.matmul_4bit(A, packed, qs)
-    ref = A @ bnb.functional.dequantize_4bit(packed, qs)
-    assert out.shape == (5, 32)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        out = bnb.matmul_4bit(A.to(device), packed, qs)
+    ref = A @ bnb.functional.dequantize_4bit(packed, qs).cpu()
+    assert out.shape == (5, 32) and out.device.type == device
+    torch.testing.assert_close(out.cpu(), ref, atol=1e-5, rtol=1e-5)
 
 
-def test_matmul_4bit_empty_input():
-    W, packed, qs = _quantized(16, 64, "fp4", False)
-    out = bnb.matmul_4bit(torch.randn(0, 64), packed, qs)
+def test_matmul_4bit_empty_input(device):
+    W, packed, qs = _quantized(16, 64, "fp4", False, device=device)
+    out = bnb.matmul_4bit(torch.randn(0, 64, device=device), packed, qs)
     assert out.shape == (0, 16)
-    A = torch.randn(0, 64, requires_grad=True)
+    A = torch.randn(0, 64, device=device, requires_grad=True)
     out = bnb.matmul_4bit(A, packed, qs)
     out.sum().backward()
     assert A.grad.shape == (0, 64)
 
 
-def test_matmul_4bit_errors():
-    W, packed, qs = _quantized(16, 64, "nf4", True)
+def test_matmul_4bit_errors(device):
+    W, packed, qs = _quantized(16, 64, "nf4", True, device=device)
     with pytest.raises(ValueError, match="quant_state is required"):
-        bnb.matmul_4bit(torch.randn(2, 64), packed, None)
+        bnb.matmul_4bit(torch.randn(2, 64, device=device), packed, None)
     with pytest.raises(RuntimeError, match="last dimension"):
-        bnb.matmul_4bit(torch.randn(2, 63), packed, qs)
+        bnb.matmul_4bit(torch.randn(2, 63, device=device), packed, qs)
     qs.state2.blocksize = 128
     with pytest.raises(NotImplementedError, match="state2.blocksize"):
-        bnb.matmul_4bit(torch.randn(2, 64), packed, qs)
+        bnb.matmul_4bit(torch.randn(2, 64, device=device), packed, qs)
     qs.state2.blocksize = 256
     qs.shape = torch.Size([16 * 64])
     with pytest.raises(ValueError, match="2D"):
-        bnb.matmul_4bit(torch.randn(2, 64), packed, qs)
+        bnb.matmul_4bit(torch.randn(2, 64, device=device), packed, qs)
 
 
 def test_autograd_exports():

@@ -5,6 +5,10 @@ The oracle of every quantizer is written out below in plain torch from the spec'
 the spec's thresholds, the nibble order. nybble's codes must equal it exactly; round-trip errors
 must stay below the reference's tolerances (§8.2). Comparisons with the reference itself and its
 golden data are in test_functional_reference.py.
+
+Tests that run nybble's kernels take the ``device`` fixture (conftest.py): inputs are drawn on the
+CPU and moved to the device, so both devices see the same values, and the oracle stays on the CPU
+(results are compared after ``.cpu()``).
 """
 
 import copy
@@ -104,8 +108,16 @@ def oracle_8bit_codes(x: torch.Tensor, bs: int, code: torch.Tensor) -> torch.Ten
     return nearest_8bit(normalized(x, bs), code)
 
 
-def gaussian(shape, dtype=torch.float32, scale=1.0):
-    return (torch.randn(shape) * scale).to(dtype)
+def gaussian(shape, dtype=torch.float32, scale=1.0, device="cpu"):
+    """Drawn on the CPU (the same values for every device), then moved to ``device``."""
+    return (torch.randn(shape) * scale).to(dtype).to(device)
+
+
+def skip_unless_cuda_8bit_blocksize(device: str, blocksize: int) -> None:
+    """On CUDA the 8-bit blockwise blocksizes are the powers of two 64..4096 (the reference's CUDA
+    kernel takes no others, spec §8.1); the CPU takes any positive blocksize."""
+    if device == "cuda" and blocksize not in BLOCKSIZES_8BIT:
+        pytest.skip(f"CUDA: 8-bit blocksize {blocksize} is not one of {BLOCKSIZES_8BIT} (a CPU-only blocksize)")
 
 
 # ---- code tables ---------------------------------------------------------------------------------
@@ -122,9 +134,9 @@ def test_nf4_and_fp4_tables_are_the_spec_values():
     assert bits(F.get_4bit_type("fp4", device="cpu")) == bits(fp4)
 
 
-def test_get_4bit_type_returns_fresh_tensors_on_the_device():
-    a, b = F.get_4bit_type("nf4", device="cpu"), F.get_4bit_type("nf4", device="cpu")
-    assert a.data_ptr() != b.data_ptr() and a.device.type == "cpu" and a.dtype == torch.float32
+def test_get_4bit_type_returns_fresh_tensors_on_the_device(device):
+    a, b = F.get_4bit_type("nf4", device=device), F.get_4bit_type("nf4", device=device)
+    assert a.data_ptr() != b.data_ptr() and a.device.type == device and a.dtype == torch.float32
     assert F.get_4bit_type("nf4").numel() == 16  # device=None works without CUDA
 
 
@@ -202,16 +214,17 @@ def test_create_linear_map():
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("blocksize", BLOCKSIZES_4BIT)
-def test_quantize_4bit_codes_equal_the_oracle(quant_type, dtype, blocksize):
+def test_quantize_4bit_codes_equal_the_oracle(device, quant_type, dtype, blocksize):
     zero_code = 0b0111 if quant_type == "nf4" else 0b0000
     for n in SIZES:
         x = gaussian(n, dtype, scale=2.0)
-        packed, state = F.quantize_4bit(x, blocksize=blocksize, quant_type=quant_type)
+        packed, state = F.quantize_4bit(x.to(device), blocksize=blocksize, quant_type=quant_type)
         assert packed.dtype == torch.uint8 and packed.shape == ((n + 1) // 2, 1)
+        assert packed.device.type == state.absmax.device.type == state.code.device.type == device
         assert state.absmax.dtype == torch.float32 and state.absmax.shape == (math.ceil(n / blocksize),)
-        assert torch.equal(state.absmax, block_absmax(x, blocksize)), n
+        assert torch.equal(state.absmax.cpu(), block_absmax(x, blocksize)), n
         want = pack_nibbles(oracle_4bit_codes(x, blocksize, quant_type), zero_code)
-        assert torch.equal(packed.view(-1), want), f"n={n}"
+        assert torch.equal(packed.view(-1).cpu(), want), f"n={n}"
         assert state.shape == x.shape and state.dtype == dtype and state.blocksize == blocksize
         assert state.quant_type == quant_type and not state.nested and state.offset is None
         assert bits(state.code) == bits(F.get_4bit_type(quant_type, device="cpu"))
@@ -220,48 +233,49 @@ def test_quantize_4bit_codes_equal_the_oracle(quant_type, dtype, blocksize):
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("blocksize", [32, 64, 256, 4096])
-def test_dequantize_4bit_is_code_times_absmax(quant_type, dtype, blocksize):
+def test_dequantize_4bit_is_code_times_absmax(device, quant_type, dtype, blocksize):
     code = F.get_4bit_type(quant_type, device="cpu")
     code[8] = -0.0 if quant_type == "fp4" else code[8]  # the kernels decode 0b1000 as -0.0
     for n in SIZES:
-        x = gaussian(n, dtype)
+        x = gaussian(n, dtype, device=device)
         packed, state = F.quantize_4bit(x, blocksize=blocksize, quant_type=quant_type)
         out = F.dequantize_4bit(packed, state)
-        scales = state.absmax.repeat_interleave(blocksize)[:n]
-        want = (code[unpack_nibbles(packed, n).long()] * scales).to(dtype)
-        assert out.dtype == dtype and out.shape == x.shape
+        scales = state.absmax.cpu().repeat_interleave(blocksize)[:n]
+        want = (code[unpack_nibbles(packed.cpu(), n).long()] * scales).to(dtype)
+        assert out.dtype == dtype and out.shape == x.shape and out.device.type == device
         assert bits(out.reshape(-1)) == bits(want), n  # bit for bit, the sign of zero included
 
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("blocksize", BLOCKSIZES_4BIT)
-def test_double_quantization_matches_its_definition(quant_type, dtype, blocksize):
+def test_double_quantization_matches_its_definition(device, quant_type, dtype, blocksize):
     for n in [65, 4097, 64 * 300 + 17, 100_000]:
-        x = gaussian(n, dtype)
+        x = gaussian(n, dtype, device=device)
         packed, state = F.quantize_4bit(x, blocksize=blocksize, quant_type=quant_type, compress_statistics=True)
         plain_packed, plain = F.quantize_4bit(x, blocksize=blocksize, quant_type=quant_type)
         assert torch.equal(packed, plain_packed)
-        # offset = mean of the absmax; nested = 8-bit blockwise of (absmax - offset), blocksize 256.
+        # offset = mean of the absmax (torch's, on the device); nested = 8-bit blockwise of
+        # (absmax - offset), blocksize 256.
         assert state.nested and state.offset.dim() == 0 and state.offset.dtype == torch.float32
-        assert torch.equal(state.offset, plain.absmax.mean())
-        centered = plain.absmax - state.offset
+        assert state.offset.device.type == device and torch.equal(state.offset, plain.absmax.mean())
+        centered = (plain.absmax - state.offset).cpu()
         dynamic = F.create_dynamic_map(True)
         assert state.absmax.dtype == torch.uint8 and state.absmax.shape == plain.absmax.shape
-        assert torch.equal(state.absmax, oracle_8bit_codes(centered, 256, dynamic))
+        assert torch.equal(state.absmax.cpu(), oracle_8bit_codes(centered, 256, dynamic))
         s2 = state.state2
-        assert torch.equal(s2.absmax, block_absmax(centered, 256)) and s2.blocksize == 256
-        assert s2.dtype == torch.float32 and torch.equal(s2.code, dynamic) and not s2.nested
+        assert torch.equal(s2.absmax.cpu(), block_absmax(centered, 256)) and s2.blocksize == 256
+        assert s2.dtype == torch.float32 and torch.equal(s2.code.cpu(), dynamic) and not s2.nested
         # Dequantization uses absmax' = code8[q] * nested_absmax + offset (two fp32 roundings).
-        rebuilt = dynamic[state.absmax.long()] * s2.absmax.repeat_interleave(256)[: centered.numel()]
-        rebuilt = rebuilt + state.offset
+        rebuilt = dynamic[state.absmax.cpu().long()] * s2.absmax.cpu().repeat_interleave(256)[: centered.numel()]
+        rebuilt = (rebuilt + state.offset.cpu()).to(device)
         flat = F.QuantState(absmax=rebuilt, shape=state.shape, code=state.code, blocksize=blocksize,
                             quant_type=quant_type, dtype=dtype)
         assert torch.equal(F.dequantize_4bit(packed, state), F.dequantize_4bit(packed, flat))
 
 
-def test_non_contiguous_inputs_equal_contiguous():
-    base = gaussian((96, 130))
+def test_non_contiguous_inputs_equal_contiguous(device):
+    base = gaussian((96, 130), device=device)
     for x in [base.t(), base[:, ::2], base[1:, 3:], base.t()[::3]]:
         assert not x.is_contiguous()
         for quant_type in ["nf4", "fp4"]:
@@ -274,9 +288,9 @@ def test_non_contiguous_inputs_equal_contiguous():
         assert torch.equal(c1, c2) and torch.equal(t1.absmax, t2.absmax)
 
 
-def test_multi_dimensional_shapes_round_trip():
+def test_multi_dimensional_shapes_round_trip(device):
     for shape in [(3, 5, 7), (2, 1, 65), (1, 1), (4096, 1)]:
-        x = gaussian(shape)
+        x = gaussian(shape, device=device)
         packed, state = F.quantize_4bit(x, quant_type="nf4")
         out = F.dequantize_4bit(packed, state)
         if packed.shape[0] == 1 and len(shape) == 2:
@@ -285,8 +299,8 @@ def test_multi_dimensional_shapes_round_trip():
         assert (out - x).abs().max() <= x.abs().max() * 0.5
 
 
-def test_empty_tensors():
-    x = torch.empty(0, 64, dtype=torch.float16)
+def test_empty_tensors(device):
+    x = torch.empty(0, 64, dtype=torch.float16, device=device)
     for dq in [False, True]:
         packed, state = F.quantize_4bit(x, compress_statistics=dq)
         assert packed.shape == (0, 1) and state.absmax.numel() == 0
@@ -298,8 +312,8 @@ def test_empty_tensors():
     assert CA.shape == (0, 64) and stats.shape == (0,) and cols is None
 
 
-def test_all_zero_blocks_dequantize_to_zero():
-    x = gaussian(64 * 5)
+def test_all_zero_blocks_dequantize_to_zero(device):
+    x = gaussian(64 * 5, device=device)
     x[64:128] = 0
     x[-64:] = 0
     for quant_type in ["nf4", "fp4"]:
@@ -340,8 +354,8 @@ def errors(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 @pytest.mark.parametrize("quant_type", ["fp4", "nf4"])
 @pytest.mark.parametrize("blocksize", BLOCKSIZES_4BIT)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_4bit_round_trip_error(randn_1024, quant_type, blocksize, dtype):
-    A = randn_1024.to(dtype)
+def test_4bit_round_trip_error(device, randn_1024, quant_type, blocksize, dtype):
+    A = randn_1024.to(dtype).to(device)
     out = F.dequantize_4bit(*F.quantize_4bit(A, blocksize=blocksize, quant_type=quant_type))
     err, relerr = errors(A, out)
     (abs_m, abs_s), (rel_m, rel_s) = ERR_4BIT[blocksize][2:] if quant_type == "nf4" else ERR_4BIT[blocksize][:2]
@@ -352,8 +366,8 @@ def test_4bit_round_trip_error(randn_1024, quant_type, blocksize, dtype):
 @pytest.mark.parametrize("blocksize", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
 @pytest.mark.parametrize("dq", [False, True])
-def test_4bit_compressed_statistics_error(randn_1024, blocksize, dtype, dq):
-    A = randn_1024[:256].to(dtype)
+def test_4bit_compressed_statistics_error(device, randn_1024, blocksize, dtype, dq):
+    A = randn_1024[:256].to(dtype).to(device)
     for quant_type in ["nf4", "fp4"]:
         out = F.dequantize_4bit(*F.quantize_4bit(A, blocksize=blocksize, quant_type=quant_type, compress_statistics=dq))
         err, relerr = errors(A, out)
@@ -361,8 +375,8 @@ def test_4bit_compressed_statistics_error(randn_1024, blocksize, dtype, dq):
 
 
 @pytest.mark.parametrize("storage", [torch.float16, torch.bfloat16, torch.float32, torch.int8])
-def test_quant_storage_reinterprets_the_same_bytes(storage):
-    x = gaussian((64, 36), torch.bfloat16)
+def test_quant_storage_reinterprets_the_same_bytes(device, storage):
+    x = gaussian((64, 36), torch.bfloat16, device=device)
     ref, ref_state = F.quantize_4bit(x, quant_type="nf4", compress_statistics=True)
     packed, state = F.quantize_4bit(x, quant_type="nf4", compress_statistics=True, quant_storage=storage)
     assert packed.dtype == storage and packed.shape == (64 * 36 // (2 * storage.itemsize), 1)
@@ -370,15 +384,15 @@ def test_quant_storage_reinterprets_the_same_bytes(storage):
     assert torch.equal(F.dequantize_4bit(packed, state), F.dequantize_4bit(ref, ref_state))
 
 
-def test_quant_storage_needs_whole_items():
+def test_quant_storage_needs_whole_items(device):
     with pytest.raises(ValueError, match="quant_storage.*6 packed bytes of 11 elements"):
-        F.quantize_4bit(gaussian(11), quant_storage=torch.float32)
+        F.quantize_4bit(gaussian(11, device=device), quant_storage=torch.float32)
     with pytest.raises(ValueError, match="quant_storage"):
-        F.quantize_4bit(gaussian(16), quant_storage=torch.int32)
+        F.quantize_4bit(gaussian(16, device=device), quant_storage=torch.int32)
 
 
-def test_quantize_4bit_defaults_and_wrappers():
-    x = gaussian(300, torch.float16)
+def test_quantize_4bit_defaults_and_wrappers(device):
+    x = gaussian(300, torch.float16, device=device)
     packed, state = F.quantize_4bit(x)
     assert state.quant_type == "fp4" and state.blocksize == 64 and not state.nested
     for quantize, dequantize, qt in [(F.quantize_nf4, F.dequantize_nf4, "nf4"), (F.quantize_fp4, F.dequantize_fp4, "fp4")]:
@@ -388,8 +402,8 @@ def test_quantize_4bit_defaults_and_wrappers():
         assert torch.equal(dequantize(p1, s1), F.dequantize_4bit(p2, s2))
 
 
-def test_legacy_absmax_and_out_buffers():
-    x = gaussian(1000)
+def test_legacy_absmax_and_out_buffers(device):
+    x = gaussian(1000, device=device)
     ref_packed, ref_state = F.quantize_4bit(x, quant_type="nf4")
     out = torch.empty_like(ref_packed)
     absmax = torch.empty_like(ref_state.absmax)
@@ -397,21 +411,21 @@ def test_legacy_absmax_and_out_buffers():
     assert packed is out and state.absmax is absmax
     assert torch.equal(out, ref_packed) and torch.equal(absmax, ref_state.absmax)
     # Without a state, dequantize_4bit takes absmax and out (shape and dtype from out).
-    target = torch.empty(1000, dtype=torch.bfloat16)
+    target = torch.empty(1000, dtype=torch.bfloat16, device=device)
     res = F.dequantize_4bit(packed, absmax=absmax, out=target, quant_type="nf4", blocksize=64)
     assert res is target and torch.equal(target, F.dequantize_4bit(ref_packed, ref_state).to(torch.bfloat16))
     # out= with a state (nested too) writes into the given tensor.
     packed2, state2 = F.quantize_4bit(x, quant_type="nf4", compress_statistics=True)
-    dst = torch.empty(1000)
+    dst = torch.empty(1000, device=device)
     assert F.dequantize_4bit(packed2, state2, out=dst) is dst
     assert torch.equal(dst, F.dequantize_4bit(packed2, state2))
     with pytest.raises(ValueError, match="requires both absmax and out"):
         F.dequantize_4bit(packed, absmax=absmax)
 
 
-def test_transposed_packed_quirk():
+def test_transposed_packed_quirk(device):
     # BC shim of the reference: a packed tensor shaped [1, m] gets its result transposed.
-    w = gaussian((4, 32))
+    w = gaussian((4, 32), device=device)
     packed, state = F.quantize_4bit(w, quant_type="nf4")
     assert torch.equal(F.dequantize_4bit(packed.t(), state), F.dequantize_4bit(packed, state).t())
     assert F.dequantize_4bit(packed.t(), state).shape == (32, 4)
@@ -423,44 +437,45 @@ def test_transposed_packed_quirk():
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("blocksize", BLOCKSIZES_8BIT + [100, 16384])
 @pytest.mark.parametrize("signed", [True, False])
-def test_quantize_blockwise_codes_equal_exact_nearest(dtype, blocksize, signed):
+def test_quantize_blockwise_codes_equal_exact_nearest(device, dtype, blocksize, signed):
     # nybble's decision: exactly nearest on every device (the reference's CPU lookup table is not).
+    skip_unless_cuda_8bit_blocksize(device, blocksize)
     code = F.create_dynamic_map(signed)
     for n in SIZES:
         x = gaussian(n, dtype) if signed else torch.rand(n).to(dtype)
-        codes, state = F.quantize_blockwise(x, code=code, blocksize=blocksize)
-        assert codes.dtype == torch.uint8 and codes.shape == x.shape
-        assert torch.equal(state.absmax, block_absmax(x, blocksize))
-        assert torch.equal(codes.view(-1), oracle_8bit_codes(x, blocksize, code)), n
+        codes, state = F.quantize_blockwise(x.to(device), code=code, blocksize=blocksize)
+        assert codes.dtype == torch.uint8 and codes.shape == x.shape and codes.device.type == device
+        assert torch.equal(state.absmax.cpu(), block_absmax(x, blocksize))
+        assert torch.equal(codes.view(-1).cpu(), oracle_8bit_codes(x, blocksize, code)), n
         out = F.dequantize_blockwise(codes, state)
-        want = (code[codes.view(-1).long()] * state.absmax.repeat_interleave(blocksize)[:n]).to(dtype)
-        assert out.dtype == dtype and torch.equal(out.view(-1), want)
+        want = (code[codes.view(-1).cpu().long()] * state.absmax.cpu().repeat_interleave(blocksize)[:n]).to(dtype)
+        assert out.dtype == dtype and out.device.type == device and torch.equal(out.view(-1).cpu(), want)
 
 
 @pytest.mark.parametrize("blocksize", [64, 256, 4096])
-def test_quantize_blockwise_nested_quirk(blocksize):
+def test_quantize_blockwise_nested_quirk(device, blocksize):
     # Nested 8-bit: offset = mean, subtracted from the absmax, nested blocksize = the outer one.
-    x = gaussian(blocksize * 300 + 7)
+    x = gaussian(blocksize * 300 + 7, device=device)
     codes, state = F.quantize_blockwise(x, blocksize=blocksize, nested=True)
     plain_codes, plain = F.quantize_blockwise(x, blocksize=blocksize)
     assert torch.equal(codes, plain_codes) and state.nested
     assert torch.equal(state.offset, plain.absmax.mean())
-    centered = plain.absmax - state.offset
+    centered = (plain.absmax - state.offset).cpu()
     assert state.state2.blocksize == blocksize
-    assert torch.equal(state.absmax, oracle_8bit_codes(centered, blocksize, F.create_dynamic_map()))
+    assert torch.equal(state.absmax.cpu(), oracle_8bit_codes(centered, blocksize, F.create_dynamic_map()))
     out = F.dequantize_blockwise(codes, state)
     rebuilt = F.dequantize_blockwise(state.absmax, state.state2) + state.offset
     assert torch.equal(out, F.dequantize_blockwise(codes, absmax=rebuilt, blocksize=blocksize))
 
 
-def test_dequantize_blockwise_argument_forms():
-    x = gaussian(5000, torch.float16)
+def test_dequantize_blockwise_argument_forms(device):
+    x = gaussian(5000, torch.float16, device=device)
     codes, state = F.quantize_blockwise(x, blocksize=256)
     by_state = F.dequantize_blockwise(codes, state)
     assert by_state.dtype == torch.float16
     by_args = F.dequantize_blockwise(codes, absmax=state.absmax, blocksize=256)
     assert by_args.dtype == torch.float32 and torch.equal(by_args.half(), by_state)
-    out = torch.empty(5000, dtype=torch.float16)
+    out = torch.empty(5000, dtype=torch.float16, device=device)
     assert F.dequantize_blockwise(codes, state, out=out) is out and torch.equal(out, by_state)
     # legacy buffers of quantize_blockwise
     buf, amax = torch.empty_like(codes), torch.empty_like(state.absmax)
@@ -472,12 +487,12 @@ def test_dequantize_blockwise_argument_forms():
 @pytest.mark.parametrize("nested", [False, True])
 @pytest.mark.parametrize("blocksize", BLOCKSIZES_8BIT)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_8bit_round_trip_error(randn_1024, nested, blocksize, dtype):
+def test_8bit_round_trip_error(device, randn_1024, nested, blocksize, dtype):
     # A quarter of the reference's 1024 x 1024 (the limits are far above the measured errors).
-    A = randn_1024[:256].to(dtype)
+    A = randn_1024[:256].to(dtype).to(device)
     err, relerr = errors(A, F.dequantize_blockwise(*F.quantize_blockwise(A, blocksize=blocksize, nested=nested)))
     assert err < 0.011 and relerr < 0.018
-    U01 = torch.rand(256, 1024, generator=torch.Generator().manual_seed(4321)).to(dtype)
+    U01 = torch.rand(256, 1024, generator=torch.Generator().manual_seed(4321)).to(dtype).to(device)
     err, relerr = errors(U01, F.dequantize_blockwise(*F.quantize_blockwise(U01, blocksize=blocksize, nested=nested)))
     assert err < 0.0036 and relerr < 0.015
     unsigned = F.create_dynamic_map(signed=False)
@@ -488,6 +503,7 @@ def test_8bit_round_trip_error(randn_1024, nested, blocksize, dtype):
 
 @pytest.mark.parametrize("blocksize", [4096, 16384])
 def test_8bit_cpu_large_blocks(blocksize):
+    # CPU only: blocksizes above 4096 are the CPU's (spec §8.1, "CPU bs 4096/16384").
     A = torch.randn(128, 128, 128)
     err, _ = errors(A, F.dequantize_blockwise(*F.quantize_blockwise(A, blocksize=blocksize)))
     assert err < 0.011
@@ -497,44 +513,45 @@ def test_8bit_cpu_large_blocks(blocksize):
 
 
 @pytest.mark.parametrize("bad", [torch.int32, torch.float64, torch.uint8])
-def test_bad_dtypes(bad):
-    x = torch.zeros(64, dtype=bad)
+def test_bad_dtypes(device, bad):
+    x = torch.zeros(64, dtype=bad, device=device)
     for call in [lambda: F.quantize_4bit(x), lambda: F.quantize_blockwise(x), lambda: F.int8_vectorwise_quant(x)]:
         with pytest.raises(ValueError, match=f"A: .*only supports 16/32-bit floats.*{bad}"):
             call()
 
 
 @pytest.mark.parametrize("blocksize", [16, 48, 8192, 0, -64, 64.0, "64", True])
-def test_bad_4bit_blocksize(blocksize):
+def test_bad_4bit_blocksize(device, blocksize):
     with pytest.raises(ValueError, match=f"invalid blocksize {blocksize!r}: 4-bit blocksize must be one of 32, 64"):
-        F.quantize_4bit(gaussian(128), blocksize=blocksize)
-    packed, state = F.quantize_4bit(gaussian(128))
+        F.quantize_4bit(gaussian(128, device=device), blocksize=blocksize)
+    packed, state = F.quantize_4bit(gaussian(128, device=device))
     state.blocksize = blocksize
     with pytest.raises(ValueError, match="invalid blocksize"):
         F.dequantize_4bit(packed, state)
 
 
-def test_bad_8bit_blocksize():
+def test_bad_8bit_blocksize(device):
     for bs in [0, -1]:
         with pytest.raises(ValueError, match=f"blocksize must be positive, got {bs}"):
-            F.quantize_blockwise(gaussian(10), blocksize=bs)
+            F.quantize_blockwise(gaussian(10, device=device), blocksize=bs)
         with pytest.raises(ValueError, match="blocksize must be positive"):
-            F.dequantize_blockwise(torch.zeros(10, dtype=torch.uint8), absmax=torch.ones(1), blocksize=bs)
+            F.dequantize_blockwise(torch.zeros(10, dtype=torch.uint8, device=device),
+                                   absmax=torch.ones(1, device=device), blocksize=bs)
     with pytest.raises(TypeError, match="blocksize must be an int"):
-        F.quantize_blockwise(gaussian(10), blocksize=64.0)
+        F.quantize_blockwise(gaussian(10, device=device), blocksize=64.0)
 
 
 @pytest.mark.parametrize("quant_type", ["int4", "NF4", "", None, "af4"])
-def test_bad_quant_type(quant_type):
+def test_bad_quant_type(device, quant_type):
     with pytest.raises(ValueError, match=f"quant_type must be 'nf4' or 'fp4', got {quant_type!r}"):
-        F.quantize_4bit(gaussian(64), quant_type=quant_type)
-    packed, state = F.quantize_4bit(gaussian(64))
+        F.quantize_4bit(gaussian(64, device=device), quant_type=quant_type)
+    packed, state = F.quantize_4bit(gaussian(64, device=device))
     with pytest.raises(ValueError, match="quant_type must be 'nf4' or 'fp4'"):
-        F.dequantize_4bit(packed, absmax=state.absmax, out=torch.empty(64), quant_type=quant_type)
+        F.dequantize_4bit(packed, absmax=state.absmax, out=torch.empty(64, device=device), quant_type=quant_type)
 
 
-def test_bad_dequantize_inputs():
-    packed, state = F.quantize_4bit(gaussian(64))
+def test_bad_dequantize_inputs(device):
+    packed, state = F.quantize_4bit(gaussian(64, device=device))
     state.dtype = torch.float64
     with pytest.raises(ValueError, match="only supports 16/32-bit floats.*float64"):
         F.dequantize_4bit(packed, state)
@@ -542,13 +559,13 @@ def test_bad_dequantize_inputs():
     with pytest.raises(ValueError, match="quant_state.shape is None"):
         F.dequantize_4bit(packed, state)
     with pytest.raises(ValueError, match="A must be uint8, got torch.float32"):
-        F.dequantize_blockwise(torch.zeros(4), absmax=torch.ones(1))
+        F.dequantize_blockwise(torch.zeros(4, device=device), absmax=torch.ones(1, device=device))
     with pytest.raises(ValueError, match="requires either quant_state or absmax"):
-        F.dequantize_blockwise(torch.zeros(4, dtype=torch.uint8))
+        F.dequantize_blockwise(torch.zeros(4, dtype=torch.uint8, device=device))
     with pytest.raises(TypeError, match="A must be a torch.Tensor, got list"):
         F.quantize_4bit([1.0, 2.0])
     with pytest.raises(ValueError, match="state cannot be None"):
-        F.gemv_4bit(torch.randn(1, 64), packed)
+        F.gemv_4bit(torch.randn(1, 64, device=device), packed)
 
 
 # ---- LLM.int8 ------------------------------------------------------------------------------------
@@ -569,9 +586,11 @@ def oracle_int8_rows(A: torch.Tensor, threshold: float):
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("shape", [(1, 64), (7, 33), (2, 5, 96)])
 @pytest.mark.parametrize("threshold", [0.0, 2.0, 3.0])
-def test_int8_vectorwise_quant(dtype, shape, threshold):
+def test_int8_vectorwise_quant(device, dtype, shape, threshold):
     A = gaussian(shape, dtype)
-    CA, stats, cols = F.int8_vectorwise_quant(A, threshold)
+    CA, stats, cols = F.int8_vectorwise_quant(A.to(device), threshold)
+    assert CA.device.type == stats.device.type == device and (cols is None or cols.device.type == device)
+    CA, stats, cols = CA.cpu(), stats.cpu(), None if cols is None else cols.cpu()
     want_CA, want_stats, want_cols = oracle_int8_rows(A, threshold)
     assert CA.dtype == torch.int8 and CA.shape == A.shape and stats.dtype == torch.float32
     assert torch.equal(stats, want_stats)
@@ -584,57 +603,63 @@ def test_int8_vectorwise_quant(dtype, shape, threshold):
         assert cols.dtype == torch.int64 and torch.equal(cols, want_cols)
 
 
-def test_int8_vectorwise_quant_bad_threshold():
+def test_int8_vectorwise_quant_bad_threshold(device):
     with pytest.raises(ValueError, match="threshold = -1.0 must be >= 0"):
-        F.int8_vectorwise_quant(gaussian((2, 4)), -1.0)
+        F.int8_vectorwise_quant(gaussian((2, 4), device=device), -1.0)
 
 
-def test_int8_vectorwise_dequant():
+def test_int8_vectorwise_dequant(device):
     A = torch.randint(-127, 128, (9, 40), dtype=torch.int8)
     stats = torch.rand(9) * 4
-    out = F.int8_vectorwise_dequant(A, stats)
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, A.float() * stats[:, None] * 7.874015718698502e-3)
+    out = F.int8_vectorwise_dequant(A.to(device), stats.to(device))
+    assert out.dtype == torch.float32 and out.device.type == device
+    torch.testing.assert_close(out.cpu(), A.float() * stats[:, None] * 7.874015718698502e-3)
     with pytest.raises(ValueError, match="A must be torch.int8, got torch.float32"):
-        F.int8_vectorwise_dequant(A.float(), stats)
+        F.int8_vectorwise_dequant(A.float().to(device), stats.to(device))
 
 
 @pytest.mark.parametrize("shape", [((5, 64), (7, 64)), ((2, 3, 35), (13, 35)), ((1, 1), (1, 1))])
-def test_int8_linear_matmul_is_exact(shape):
+def test_int8_linear_matmul_is_exact(device, shape):
     A = torch.randint(-128, 128, shape[0], dtype=torch.int8)
     B = torch.randint(-128, 128, shape[1], dtype=torch.int8)
-    want = (A.long() @ B.long().t()).int()
+    want = (A.long() @ B.long().t()).int()  # on the CPU: CUDA has no integer matmul
+    A, B = A.to(device), B.to(device)
     out = F.int8_linear_matmul(A, B)
-    assert out.dtype == torch.int32 and torch.equal(out, want)
-    buf = torch.empty_like(want)
-    assert F.int8_linear_matmul(A, B, out=buf) is buf and torch.equal(buf, want)
+    assert out.dtype == torch.int32 and out.device.type == device and torch.equal(out.cpu(), want)
+    buf = torch.empty_like(want, device=device)
+    assert F.int8_linear_matmul(A, B, out=buf) is buf and torch.equal(buf.cpu(), want)
     with pytest.raises(ValueError, match="B must be torch.int8"):
         F.int8_linear_matmul(A, B.float())
 
 
-def test_int8_mm_dequant():
+def test_int8_mm_dequant(device):
     acc = torch.randint(-(2**20), 2**20, (6, 10), dtype=torch.int32)
     row, col, bias = torch.rand(6) * 3, torch.rand(10) * 3, torch.randn(10, dtype=torch.float16)
     want = acc.double() * row.double()[:, None] * col.double()[None, :] / (127 * 127)
+    acc, row, col, bias = (t.to(device) for t in (acc, row, col, bias))
     out = F.int8_mm_dequant(acc, row, col)
-    assert out.dtype == torch.float16
-    torch.testing.assert_close(out, want.half(), rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(F.int8_mm_dequant(acc, row, col, bias=bias), (want + bias.double()).half(),
+    assert out.dtype == torch.float16 and out.device.type == device
+    torch.testing.assert_close(out.cpu(), want.half(), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(F.int8_mm_dequant(acc, row, col, bias=bias).cpu(), (want + bias.cpu().double()).half(),
                                rtol=1e-3, atol=2e-3)
-    dst = torch.empty(6, 10, dtype=torch.float16)
+    dst = torch.empty(6, 10, dtype=torch.float16, device=device)
     assert F.int8_mm_dequant(acc, row, col, out=dst) is dst and torch.equal(dst, out)
     # nybble's decision: exactly 1/(127*127), not the reference's 6.200124e-05 (1.8e-5 relative off).
-    exact = torch.ops.nybble.int8_mm_dequant(torch.tensor([[16129 * 1000]], dtype=torch.int32), torch.ones(1),
-                                             torch.ones(1), dtype=torch.float32)
+    exact = torch.ops.nybble.int8_mm_dequant(torch.tensor([[16129 * 1000]], dtype=torch.int32, device=device),
+                                             torch.ones(1, device=device), torch.ones(1, device=device),
+                                             dtype=torch.float32)
     assert exact.item() == 1000.0
     with pytest.raises(ValueError, match="A must be torch.int32"):
         F.int8_mm_dequant(acc.float(), row, col)
 
 
 @pytest.mark.parametrize("threshold", [0.0, 2.5])
-def test_int8_double_quant(threshold):
+def test_int8_double_quant(device, threshold):
     A = gaussian((20, 48), torch.float16)
-    CA, CAt, row_stats, col_stats, cols = F.int8_double_quant(A, threshold=threshold)
+    CA, CAt, row_stats, col_stats, cols = F.int8_double_quant(A.to(device), threshold=threshold)
+    assert CA.device.type == CAt.device.type == row_stats.device.type == col_stats.device.type == device
+    CA, CAt, row_stats, col_stats = CA.cpu(), CAt.cpu(), row_stats.cpu(), col_stats.cpu()
+    cols = None if cols is None else cols.cpu()
     want_CA, want_rows, want_cols = oracle_int8_rows(A, threshold)
     assert torch.equal(row_stats, want_rows) and (CA.int() - want_CA.int()).abs().max() <= 1
     masked = A.float().masked_fill(A.float().abs() >= threshold, 0) if threshold else A.float()
@@ -644,16 +669,16 @@ def test_int8_double_quant(threshold):
     assert (cols is None) if threshold == 0 else torch.equal(cols, want_cols)
     for arg in ["col_stats", "row_stats", "out_col", "out_row"]:
         with pytest.raises(ValueError, match=f"{arg} must be None"):
-            F.int8_double_quant(A, **{arg: torch.empty(1)})
+            F.int8_double_quant(A.to(device), **{arg: torch.empty(1, device=device)})
 
 
-def test_int8_quant_matmul_dequant_against_fp16():
+def test_int8_quant_matmul_dequant_against_fp16(device):
     A = gaussian((32, 32), torch.float16, scale=0.5)
     B = torch.nn.init.xavier_uniform_(torch.empty(32, 32)).half()
-    CA, sa, _ = F.int8_vectorwise_quant(A)
-    CB, sb, _ = F.int8_vectorwise_quant(B)
+    CA, sa, _ = F.int8_vectorwise_quant(A.to(device))
+    CB, sb, _ = F.int8_vectorwise_quant(B.to(device))
     out = F.int8_mm_dequant(F.int8_linear_matmul(CA, CB), sa, sb)
-    torch.testing.assert_close(out, (A.float() @ B.float().t()).half(), atol=0.025, rtol=0.05)
+    torch.testing.assert_close(out.cpu(), (A.float() @ B.float().t()).half(), atol=0.025, rtol=0.05)
 
 
 # ---- gemv_4bit -------------------------------------------------------------------------------------
@@ -673,11 +698,12 @@ GEMV_LIMITS = {
 @pytest.mark.parametrize("dim", [128, 1024])
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("dq", [False, True])
-def test_gemv_4bit_against_dequantize_and_linear(dtype, dim, quant_type, dq):
+def test_gemv_4bit_against_dequantize_and_linear(device, dtype, dim, quant_type, dq):
+    # Both sides on the device, as in the reference's test (whose measured errors are the limits).
     errs, relerrs, maxerrs = [], [], []
     for shape in [(4 * dim, dim), (dim, 4 * dim), (dim, dim), (3 * dim, dim)]:
-        A = torch.randn(1, shape[1]).to(dtype)
-        B = (torch.randn(shape) / math.sqrt(shape[1])).to(dtype)
+        A = torch.randn(1, shape[1]).to(dtype).to(device)
+        B = (torch.randn(shape) / math.sqrt(shape[1])).to(dtype).to(device)
         packed, state = F.quantize_4bit(B, quant_type=quant_type, compress_statistics=dq)
         C1 = F.gemv_4bit(A, packed.t(), state=state)
         C2 = torch.nn.functional.linear(A, F.dequantize_4bit(packed, state))
@@ -691,17 +717,17 @@ def test_gemv_4bit_against_dequantize_and_linear(dtype, dim, quant_type, dq):
         assert sum(got) / len(got) / math.sqrt(dim) < m + 7 * s
 
 
-def test_gemv_4bit_any_rows_and_out():
+def test_gemv_4bit_any_rows_and_out(device):
     # nybble's decision: any number of rows (the reference reads a single vector).
-    B = gaussian((48, 256))
+    B = gaussian((48, 256), device=device)
     packed, state = F.quantize_4bit(B, quant_type="nf4", compress_statistics=True)
-    A = gaussian((2, 5, 256))
+    A = gaussian((2, 5, 256), device=device)
     C = F.gemv_4bit(A, packed, state=state)
     assert C.shape == (2, 5, 48)
     torch.testing.assert_close(C, torch.nn.functional.linear(A, F.dequantize_4bit(packed, state)))
     for r in range(5):
         torch.testing.assert_close(C[1, r:r + 1], F.gemv_4bit(A[1, r:r + 1], packed, state=state))
-    out = torch.empty(2, 5, 48)
+    out = torch.empty(2, 5, 48, device=device)
     assert F.gemv_4bit(A, packed, out=out, state=state) is out and torch.equal(out, C)
 
 
@@ -748,17 +774,21 @@ def test_is_on_gpu_and_get_ptr():
     assert isinstance(F.has_avx512bf16(), bool)
 
 
-def test_deprecated_int8_gemms():
+def test_deprecated_int8_gemms(device):
     A = torch.randint(-10, 10, (3, 5), dtype=torch.int8)
     B = torch.randint(-10, 10, (5, 4), dtype=torch.int8)
+    want = (A.long() @ B.long()).int()  # integer products on the CPU: CUDA has no integer matmul
+    A, B = A.to(device), B.to(device)
     with pytest.warns(FutureWarning, match="This function is deprecated and will be removed in a future release."):
         out = F.igemm(A, B)
-    assert torch.equal(out, (A.long() @ B.long()).int())
+    assert out.device.type == device and torch.equal(out.cpu(), want)
     with pytest.warns(FutureWarning):
         assert torch.equal(F.igemm(A, B.t().contiguous(), transposed_B=True), out)
     A3, B3 = torch.randint(-10, 10, (2, 3, 5), dtype=torch.int8), torch.randint(-10, 10, (2, 5, 6), dtype=torch.int8)
+    want3 = torch.bmm(A3.long(), B3.long()).int()
+    A3, B3 = A3.to(device), B3.to(device)
     with pytest.warns(FutureWarning):
-        assert torch.equal(F.batched_igemm(A3, B3), torch.bmm(A3.long(), B3.long()).int())
+        assert torch.equal(F.batched_igemm(A3, B3).cpu(), want3)
     with pytest.warns(FutureWarning):
         assert F.check_matmul(A, B, None, False, False) == (3, 4)
     with pytest.warns(FutureWarning), pytest.raises(ValueError, match="Tensor dimensions incorrect"):
@@ -846,16 +876,16 @@ def test_find_outlier_dims_and_tracer():
         U.OutlierTracer()
 
 
-def test_quant_state_survives_copy():
-    _, state = F.quantize_4bit(gaussian(256), quant_type="nf4", compress_statistics=True)
+def test_quant_state_survives_copy(device):
+    _, state = F.quantize_4bit(gaussian(256, device=device), quant_type="nf4", compress_statistics=True)
     for clone in [copy.copy(state), copy.deepcopy(state)]:
         assert clone == state
 
 
-def test_4bit_functions_trace_without_graph_breaks():
+def test_4bit_functions_trace_without_graph_breaks(device):
     # torch.compile(fullgraph=True) of the 4-bit path (the reference supports it since 0.46); the
     # eager backend checks the tracing without paying for code generation.
-    w = gaussian((64, 128), torch.bfloat16)
+    w = gaussian((64, 128), torch.bfloat16, device=device)
 
     def round_trip(w):
         packed, state = F.quantize_4bit(w, quant_type="nf4", compress_statistics=True)

@@ -1,6 +1,9 @@
 """QuantState (spec §1.7): fields, as_dict (unpacked and packed, key order, JSON bytes), from_dict
 (packed, unpacked, prefixed; every malformed input a ValueError naming the key), the FSDP getattr
-hook, the legacy list view, to(), equality, copying, and the golden states of the reference."""
+hook, the legacy list view, to(), equality, copying, and the golden states of the reference.
+
+Tests that quantize take the ``device`` fixture (conftest.py) and build their states there;
+QuantState's own bookkeeping (constants, constructor, 8-bit states) runs on the CPU only."""
 
 import copy
 import json
@@ -16,8 +19,8 @@ from nybble.functional import QuantState
 GOLDEN = Path(__file__).resolve().parents[2] / "tests" / "data" / "golden" / "golden_bnb_0_50_2.safetensors"
 
 
-def make_state(quant_type="nf4", dq=True, dtype=torch.bfloat16, shape=(64, 48), blocksize=64):
-    x = torch.randn(shape).to(dtype)
+def make_state(quant_type="nf4", dq=True, dtype=torch.bfloat16, shape=(64, 48), blocksize=64, device="cpu"):
+    x = torch.randn(shape).to(dtype).to(device)
     return F.quantize_4bit(x, blocksize=blocksize, quant_type=quant_type, compress_statistics=dq)
 
 
@@ -51,16 +54,16 @@ def test_constructor_fields():
 # ---- as_dict ---------------------------------------------------------------------------------------
 
 
-def test_as_dict_unpacked():
-    _, s = make_state(dq=False)
+def test_as_dict_unpacked(device):
+    _, s = make_state(dq=False, device=device)
     d = s.as_dict()
     assert list(d) == ["quant_type", "absmax", "blocksize", "quant_map", "dtype", "shape"]
     assert d["quant_type"] == "nf4" and d["absmax"] is s.absmax and d["blocksize"] == 64
     assert d["quant_map"] is s.code and d["dtype"] == "bfloat16" and d["shape"] == (64, 48)
 
 
-def test_as_dict_unpacked_nested():
-    _, s = make_state(dq=True)
+def test_as_dict_unpacked_nested(device):
+    _, s = make_state(dq=True, device=device)
     d = s.as_dict()
     assert list(d) == ["quant_type", "absmax", "blocksize", "quant_map", "dtype", "shape", "nested_absmax",
                        "nested_blocksize", "nested_quant_map", "nested_dtype", "nested_offset"]
@@ -73,8 +76,8 @@ def test_as_dict_unpacked_nested():
 
 @pytest.mark.parametrize("dq", [False, True])
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
-def test_as_dict_packed(dq, quant_type):
-    _, s = make_state(quant_type=quant_type, dq=dq, dtype=torch.float16, shape=(10, 3, 64))
+def test_as_dict_packed(device, dq, quant_type):
+    _, s = make_state(quant_type=quant_type, dq=dq, dtype=torch.float16, shape=(10, 3, 64), device=device)
     d = s.as_dict(packed=True)
     tensors = ["absmax", "quant_map"] + (["nested_absmax", "nested_quant_map"] if dq else [])
     key = "quant_state.bitsandbytes__" + quant_type
@@ -96,8 +99,8 @@ def test_as_dict_packed_without_quant_type_stays_unpacked():
     assert d["quant_type"] is None and d["shape"] is None and d["dtype"] == "float32"
 
 
-def test_getattr_returns_the_packed_tensor():
-    _, s = make_state("fp4")
+def test_getattr_returns_the_packed_tensor(device):
+    _, s = make_state("fp4", device=device)
     assert torch.equal(s.bitsandbytes__fp4, s.as_dict(packed=True)["quant_state.bitsandbytes__fp4"])
     with pytest.raises(AttributeError, match="bitsandbytes__nf4"):
         s.bitsandbytes__nf4
@@ -106,11 +109,11 @@ def test_getattr_returns_the_packed_tensor():
     assert not hasattr(s, "packing_format_for_cpu")
 
 
-def test_getitem_legacy_list():
-    _, s = make_state(dq=True)
+def test_getitem_legacy_list(device):
+    _, s = make_state(dq=True, device=device)
     assert s[0] is s.absmax and s[1] == s.shape and s[2] == s.dtype and s[3] == 64 and s[5] == "nf4"
     assert s[4][0] is s.offset and s[4][1] is s.state2
-    _, plain = make_state(dq=False)
+    _, plain = make_state(dq=False, device=device)
     assert plain[4] is None and plain[-1] == "nf4"
     with pytest.raises(IndexError):
         plain[6]
@@ -122,12 +125,14 @@ def test_getitem_legacy_list():
 @pytest.mark.parametrize("dq", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("prefix", ["", "model.layers.0.mlp.weight."])
-def test_from_dict_round_trip(dq, packed, prefix):
-    p, s = make_state(dq=dq)
+def test_from_dict_round_trip(device, dq, packed, prefix):
+    p, s = make_state(dq=dq, device=device)
     d = {prefix + k: v for k, v in s.as_dict(packed=packed).items()}
     given = dict(d)
-    r = QuantState.from_dict(d, device="cpu")
+    r = QuantState.from_dict(d, device=device)
     assert d == given  # the caller's dict is left alone
+    tensors = [r.absmax, r.code] + ([r.offset, r.state2.absmax, r.state2.code] if dq else [])
+    assert all(t.device.type == device for t in tensors)
     assert r == s and r.nested == dq and r.shape == torch.Size([64, 48]) and isinstance(r.shape, torch.Size)
     assert r.dtype == torch.bfloat16 and r.blocksize == 64 and r.quant_type == "nf4"
     if dq:
@@ -142,8 +147,8 @@ def test_from_dict_8bit_state():
     assert r == s and r.quant_type is None and r.shape is None
 
 
-def packed_state(dq=True):
-    _, s = make_state(dq=dq)
+def packed_state(dq=True, device="cpu"):
+    _, s = make_state(dq=dq, device=device)
     return s.as_dict(packed=True)
 
 
@@ -161,78 +166,78 @@ def with_json(d: dict, raw: bytes) -> dict:
     (b'{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [64, 48], "absmax": [1]}',
      "holds tensor entries \\['absmax'\\] as JSON"),
 ])
-def test_from_dict_corrupt_json(raw, match):
+def test_from_dict_corrupt_json(device, raw, match):
     with pytest.raises(ValueError, match=match):
-        QuantState.from_dict(with_json(packed_state(dq=False), raw), device="cpu")
+        QuantState.from_dict(with_json(packed_state(dq=False, device=device), raw), device=device)
 
 
-def test_from_dict_packed_tensor_of_wrong_type():
-    d = packed_state(dq=False)
+def test_from_dict_packed_tensor_of_wrong_type(device):
+    d = packed_state(dq=False, device=device)
     d["quant_state.bitsandbytes__nf4"] = d["quant_state.bitsandbytes__nf4"].float()
     with pytest.raises(ValueError, match="must be a 1-D uint8 tensor of JSON bytes, got torch.float32"):
-        QuantState.from_dict(d, device="cpu")
+        QuantState.from_dict(d, device=device)
 
 
 @pytest.mark.parametrize("key, what", [
     ("quant_type", "quant_type"), ("blocksize", "blocksize"), ("dtype", "dtype"), ("shape", "shape"),
     ("nested_offset", "nested_offset"), ("nested_blocksize", "nested_blocksize"), ("nested_dtype", "nested_dtype"),
 ])
-def test_from_dict_missing_json_key(key, what):
-    d = packed_state(dq=True)
+def test_from_dict_missing_json_key(device, key, what):
+    d = packed_state(dq=True, device=device)
     plain = packed_json(d)
     del plain[key]
     with pytest.raises(ValueError, match=f"missing '{what}'"):
-        QuantState.from_dict(with_json(d, json.dumps(plain).encode()), device="cpu")
+        QuantState.from_dict(with_json(d, json.dumps(plain).encode()), device=device)
 
 
 @pytest.mark.parametrize("key", ["absmax", "quant_map", "nested_quant_map"])
-def test_from_dict_missing_tensor(key):
-    d = packed_state(dq=True)
+def test_from_dict_missing_tensor(device, key):
+    d = packed_state(dq=True, device=device)
     del d[key]
     with pytest.raises(ValueError, match=f"missing '{key}'"):
-        QuantState.from_dict(d, device="cpu")
+        QuantState.from_dict(d, device=device)
 
 
-def test_from_dict_nested_keys_without_nested_absmax():
-    d = packed_state(dq=True)
+def test_from_dict_nested_keys_without_nested_absmax(device):
+    d = packed_state(dq=True, device=device)
     del d["nested_absmax"]
     with pytest.raises(ValueError, match="given without 'nested_absmax'"):
-        QuantState.from_dict(d, device="cpu")
+        QuantState.from_dict(d, device=device)
 
 
-def test_from_dict_extra_keys():
-    d = packed_state(dq=False)
-    d["weight.SCB"] = torch.ones(2)
+def test_from_dict_extra_keys(device):
+    d = packed_state(dq=False, device=device)
+    d["weight.SCB"] = torch.ones(2, device=device)
     with pytest.raises(ValueError, match="unexpected keys \\['SCB'\\]"):
-        QuantState.from_dict(d, device="cpu")
+        QuantState.from_dict(d, device=device)
     plain = packed_json(d)
     plain["compute_dtype"] = "float16"
     d.pop("weight.SCB")
     with pytest.raises(ValueError, match="unexpected keys \\['compute_dtype'\\]"):
-        QuantState.from_dict(with_json(d, json.dumps(plain).encode()), device="cpu")
+        QuantState.from_dict(with_json(d, json.dumps(plain).encode()), device=device)
 
 
-def test_from_dict_two_packed_keys():
-    d = packed_state(dq=False)
+def test_from_dict_two_packed_keys(device):
+    d = packed_state(dq=False, device=device)
     d["quant_state.bitsandbytes__fp4"] = d["quant_state.bitsandbytes__nf4"].clone()
     with pytest.raises(ValueError, match="exactly one `quant_state` item"):
-        QuantState.from_dict(d, device="cpu")
+        QuantState.from_dict(d, device=device)
 
 
-def test_from_dict_wrong_packed_suffix_and_nothing():
-    d = packed_state(dq=False)
+def test_from_dict_wrong_packed_suffix_and_nothing(device):
+    d = packed_state(dq=False, device=device)
     d["quant_state.bitsandbytes__int4"] = d.pop("quant_state.bitsandbytes__nf4")
     with pytest.raises(ValueError, match="exactly one `quant_state` item"):
-        QuantState.from_dict(d, device="cpu")
+        QuantState.from_dict(d, device=device)
     with pytest.raises(ValueError, match="Expected packed or unpacked quant_state items, found neither"):
-        QuantState.from_dict({"absmax": torch.ones(1)}, device="cpu")
+        QuantState.from_dict({"absmax": torch.ones(1, device=device)}, device=device)
 
 
-def test_from_dict_duplicate_after_prefix_stripping():
-    d = packed_state(dq=False)
+def test_from_dict_duplicate_after_prefix_stripping(device):
+    d = packed_state(dq=False, device=device)
     d["other.absmax"] = d["absmax"]
     with pytest.raises(ValueError, match="more than one entry for 'absmax'"):
-        QuantState.from_dict(d, device="cpu")
+        QuantState.from_dict(d, device=device)
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -245,35 +250,35 @@ def test_from_dict_duplicate_after_prefix_stripping():
     ("shape", "64x48", "shape = '64x48' must be a list"),
     ("nested_offset", "0.5", "nested_offset = '0.5' must be a number"),
 ])
-def test_from_dict_bad_values(field, value, match):
-    d = packed_state(dq=True)
+def test_from_dict_bad_values(device, field, value, match):
+    d = packed_state(dq=True, device=device)
     plain = packed_json(d)
     plain[field] = value
     with pytest.raises(ValueError, match=match):
-        QuantState.from_dict(with_json(d, json.dumps(plain).encode()), device="cpu")
+        QuantState.from_dict(with_json(d, json.dumps(plain).encode()), device=device)
 
 
-def test_from_dict_unpacked_bad_tensor():
-    d = make_state(dq=False)[1].as_dict()
+def test_from_dict_unpacked_bad_tensor(device):
+    d = make_state(dq=False, device=device)[1].as_dict()
     d["absmax"] = [1.0, 2.0]
     with pytest.raises(ValueError, match="'absmax' must be a tensor, got list"):
-        QuantState.from_dict(d, device="cpu")
+        QuantState.from_dict(d, device=device)
     with pytest.raises(TypeError, match="qs_dict must be a dict"):
-        QuantState.from_dict([("absmax", torch.ones(1))], device="cpu")
+        QuantState.from_dict([("absmax", torch.ones(1, device=device))], device=device)
 
 
 # ---- to, equality, copying -------------------------------------------------------------------------
 
 
-def test_to_moves_every_tensor():
-    _, s = make_state(dq=True)
+def test_to_moves_every_tensor(device):
+    _, s = make_state(dq=True, device=device)
     assert s.to("meta") is None
     tensors = [s.absmax, s.code, s.offset, s.state2.absmax, s.state2.code]
     assert all(t.device.type == "meta" for t in tensors)
 
 
-def test_equality():
-    _, a = make_state(dq=True)
+def test_equality(device):
+    _, a = make_state(dq=True, device=device)
     b = copy.deepcopy(a)
     assert a == b and not (a != b)
     assert a != "not a state"
@@ -285,15 +290,15 @@ def test_equality():
     d = copy.deepcopy(a)
     d.shape = torch.Size([48, 64])
     assert a != d
-    _, plain = make_state(dq=False)
+    _, plain = make_state(dq=False, device=device)
     assert a != plain and plain != a  # nested vs not: False, no exception
     e = copy.deepcopy(plain)
     e.absmax = e.absmax + 1e-7  # within allclose(atol=1e-6)
     assert e == plain
 
 
-def test_pickle_and_copy_do_not_recurse():
-    _, s = make_state(dq=True)
+def test_pickle_and_copy_do_not_recurse(device):
+    _, s = make_state(dq=True, device=device)
     for clone in [pickle.loads(pickle.dumps(s)), copy.copy(s), copy.deepcopy(s)]:
         assert clone == s and clone.bitsandbytes__nf4.dtype == torch.uint8
 
@@ -311,17 +316,17 @@ def golden():
 @pytest.mark.parametrize("dq", [0, 1])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("blocksize", [32, 64, 4096])
-def test_golden_quant_state_loads_and_dequantizes(golden, quant_type, dq, dtype, blocksize):
+def test_golden_quant_state_loads_and_dequantizes(golden, device, quant_type, dq, dtype, blocksize):
     key = f"q4.{quant_type}.bs{blocksize}.dq{dq}.{dtype}"
     qs = {k.removeprefix(key + ".qs."): v for k, v in golden.items() if k.startswith(key + ".qs.")}
-    state = QuantState.from_dict({"weight." + k: v for k, v in qs.items()}, device="cpu")
+    state = QuantState.from_dict({"weight." + k: v for k, v in qs.items()}, device=device)
     assert state.quant_type == quant_type and state.blocksize == blocksize and state.dtype == getattr(torch, dtype)
     assert state.nested == bool(dq) and state.shape == golden["input.x_" + dtype].shape
     # Serializing it again gives the reference's bytes back.
     again = state.as_dict(packed=True)
     assert sorted(again) == sorted(qs)  # (safetensors files keep keys sorted)
     for k, v in qs.items():
-        assert torch.equal(again[k].view(torch.uint8), v.view(torch.uint8)), k
+        assert torch.equal(again[k].cpu().view(torch.uint8), v.view(torch.uint8)), k
     # code * absmax is one fp32 product (and, nested, absmax one product and one sum): bit exact.
-    out = F.dequantize_4bit(golden[key + ".packed"], state)
-    assert torch.equal(out.reshape(-1).view(torch.uint8), golden[key + ".dequant"].reshape(-1).view(torch.uint8))
+    out = F.dequantize_4bit(golden[key + ".packed"].to(device), state)
+    assert torch.equal(out.cpu().reshape(-1).view(torch.uint8), golden[key + ".dequant"].reshape(-1).view(torch.uint8))

@@ -132,4 +132,17 @@ std::string version();
 bool cuda_built();
 int cuda_device_count();
 
+// ---- managed (paged) memory --------------------------------------------------------------------
+
+// CUDA managed memory for paged buffers (optimizer states): `bytes` zero-filled bytes that the
+// driver migrates between the GPU and the host on demand, so they may exceed the GPU's free
+// memory. Tensors over it are ordinary device tensors of `device` to every kernel. Throws
+// (ErrorKind::Runtime) in a build without CUDA or when the allocation fails.
+void* managed_alloc(int64_t bytes, int device);
+void managed_free(void* ptr) noexcept;
+// Asks the driver to migrate [ptr, ptr + bytes) to GPU `device`, or to the host when device < 0,
+// asynchronously on `stream` (a cudaStream_t). A no-op where the GPU cannot access managed
+// memory concurrently (the driver then migrates on first touch).
+void managed_prefetch(const void* ptr, int64_t bytes, int device, void* stream);
+
 }  // namespace nybble

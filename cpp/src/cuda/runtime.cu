@@ -28,6 +28,46 @@ int cuda_device_count() {
   return n;
 }
 
+void* managed_alloc(int64_t bytes, int device) {
+  const char* op = "managed_alloc";
+  if (bytes < 0)
+    throw Error(ErrorKind::Value, std::string(op) + ": bytes = " + std::to_string(bytes) + " must be >= 0");
+  int current = -1;
+  cuda::check_cuda(cudaGetDevice(&current), op, "cudaGetDevice");
+  cuda::check_cuda(cudaSetDevice(device), op, ("cudaSetDevice(" + std::to_string(device) + ")").c_str());
+  void* p = nullptr;
+  // Attached globally (any stream may touch it) and zero-filled before anyone can read it.
+  cudaError_t err = cudaMallocManaged(&p, static_cast<size_t>(std::max<int64_t>(bytes, 1)), cudaMemAttachGlobal);
+  if (err == cudaSuccess) err = cudaMemset(p, 0, static_cast<size_t>(bytes));
+  if (err == cudaSuccess) err = cudaDeviceSynchronize();
+  (void)cudaSetDevice(current);
+  if (err != cudaSuccess) {
+    if (p) (void)cudaFree(p);
+    cuda::throw_cuda_error(op, ("cudaMallocManaged(" + std::to_string(bytes) + " bytes)").c_str(), err);
+  }
+  return p;
+}
+
+void managed_free(void* ptr) noexcept {
+  if (ptr) (void)cudaFree(ptr);
+}
+
+void managed_prefetch(const void* ptr, int64_t bytes, int device, void* stream) {
+  const char* op = "managed_prefetch";
+  if (!ptr || bytes <= 0) return;
+  int concurrent = 0;
+  if (device >= 0) {
+    cuda::check_cuda(cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, device), op,
+                     "cudaDeviceGetAttribute");
+    if (!concurrent) return;
+  }
+  cudaMemLocation where{};
+  where.type = device >= 0 ? cudaMemLocationTypeDevice : cudaMemLocationTypeHost;
+  where.id = device >= 0 ? device : 0;
+  cuda::check_cuda(cudaMemPrefetchAsync(ptr, static_cast<size_t>(bytes), where, 0, static_cast<cudaStream_t>(stream)),
+                   op, "cudaMemPrefetchAsync");
+}
+
 }  // namespace nybble
 
 namespace nybble::cuda {

@@ -1,0 +1,182 @@
+"""What only the GPU has: paged (managed) buffers, the large-M path of gemm_4bit, CUDA graph capture
+and torch.compile of the 4-bit and 8-bit layers, tensors past 2^31 elements. The rest of the
+package's tests run on CUDA through the ``device`` fixture."""
+
+import pytest
+import torch
+
+import nybble
+import nybble.functional as F
+from nybble import _C
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and _C.cuda_built()),
+    reason="CUDA: no GPU (torch.cuda.is_available() is False) or nybble built without CUDA",
+)
+
+GiB = 1 << 30
+
+
+def free_bytes() -> int:
+    torch.cuda.synchronize()
+    return torch.cuda.mem_get_info()[0]
+
+
+# ---- paged memory -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.bfloat16])
+def test_get_paged_is_a_zeroed_cuda_tensor_the_kernels_take(dtype):
+    t = F.get_paged(3, 1000, dtype=dtype, device="cuda")
+    assert t.is_cuda and t.dtype == dtype and t.shape == (3, 1000)
+    assert t.is_paged and t.is_managed and t.page_deviceid == torch.cuda.current_device()
+    assert int(torch.count_nonzero(t)) == 0
+    F.prefetch_tensor(t)
+    if dtype != torch.uint8:
+        t.copy_(torch.randn(3, 1000, device="cuda"))
+        packed, state = F.quantize_4bit(t, quant_type="nf4")
+        expected, _ = F.quantize_4bit(t.clone(), quant_type="nf4")
+        assert torch.equal(packed, expected)
+    F.prefetch_tensor(t, to_cpu=True)
+    if dtype in (torch.float32, torch.uint8):  # the reference's fill takes only these
+        F.fill(t, 3)
+    else:
+        t.fill_(3)
+    torch.cuda.synchronize()
+    assert bool((t == 3).all())
+
+
+def test_paged_memory_is_freed_with_the_tensor():
+    before = free_bytes()
+    t = F.get_paged(GiB, dtype=torch.uint8, device="cuda")
+    F.prefetch_tensor(t)
+    t.fill_(1)
+    during = free_bytes()
+    view = t[GiB // 2:]  # a view keeps the memory alive
+    del t
+    assert free_bytes() <= during + 64 * (1 << 20)
+    assert int(view[-1]) == 1
+    del view
+    after = free_bytes()
+    assert during < before - GiB // 2, "the paged buffer should have been resident on the GPU"
+    assert after >= before - 64 * (1 << 20), f"{(before - after) / GiB:.2f} GiB not returned"
+
+
+def test_paged_buffers_larger_than_the_free_gpu_memory():
+    # Leave ~2 GiB free, then use 6 GiB of paged memory from a kernel: the driver pages it.
+    hog = torch.empty(max(0, free_bytes() - 2 * GiB), dtype=torch.uint8, device="cuda")
+    try:
+        n = 3 * GiB // 2  # fp32 elements: 6 GiB
+        t = F.get_paged(n, dtype=torch.float32, device="cuda")
+        t.fill_(0.5)
+        t[-1] = 4.0
+        packed, state = F.quantize_4bit(t, blocksize=4096, quant_type="nf4")
+        assert float(state.absmax[0]) == 0.5 and float(state.absmax[-1]) == 4.0
+        F.prefetch_tensor(t, to_cpu=True)
+        assert float(t[n // 2]) == 0.5
+    finally:
+        del hog
+
+
+# ---- gemm_4bit on the GPU: both paths ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("M", [1, 3, 8, 9, 64, 257])
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_matmul_4bit_every_M_against_dequantize_and_linear(M, nested, dtype):
+    N, K = 300, 520  # K is not a multiple of the blocksize
+    W = torch.randn(N, K, device="cuda")
+    packed, state = F.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=nested)
+    A = torch.randn(M, K, device="cuda", dtype=dtype)
+    bias = torch.randn(N, device="cuda", dtype=dtype)
+    got = nybble.matmul_4bit(A, packed.t(), state, bias=bias)
+    Wd = F.dequantize_4bit(packed, state).float()
+    expected = torch.nn.functional.linear(A.float(), Wd, bias.float())
+    assert got.dtype == dtype and got.shape == (M, N)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), expected, rtol=tol, atol=tol * K ** 0.5)
+
+
+# ---- CUDA graphs and torch.compile ---------------------------------------------------------------
+
+
+def capture(fn, *args):
+    """Runs fn eagerly and captured in a CUDA graph; returns (eager result, graph result)."""
+    eager = fn(*args)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn(*args)  # warm-up on a side stream, as torch recommends before capture
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        static_out = fn(*args)
+    if static_out.is_floating_point():
+        static_out.fill_(float("nan"))  # poisoned: the replay must write every element
+    else:
+        static_out.fill_(-1)
+    g.replay()
+    torch.cuda.synchronize()
+    return eager, static_out
+
+
+@pytest.mark.parametrize("M", [1, 16])
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_linear4bit_forward_is_graph_capturable(M, quant_type):
+    layer = nybble.nn.Linear4bit(512, 384, compute_dtype=torch.bfloat16, quant_type=quant_type).to("cuda")
+    x = torch.randn(M, 512, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        eager, graphed = capture(layer, x)
+    assert torch.equal(eager, graphed)
+
+
+def test_nested_dequantize_is_graph_capturable():
+    W = torch.randn(1000, 300, device="cuda")
+    packed, state = F.quantize_4bit(W, quant_type="nf4", compress_statistics=True)
+    eager, graphed = capture(lambda p: F.dequantize_4bit(p, state), packed)
+    assert torch.equal(eager, graphed)
+
+
+def test_int8_ops_are_graph_capturable():
+    A = torch.randn(64, 256, device="cuda", dtype=torch.float16)
+    B = torch.randn(128, 256, device="cuda", dtype=torch.float16)
+    CB, SCB, _ = F.int8_vectorwise_quant(B)
+
+    def fn(a):
+        CA, SCA, _ = F.int8_vectorwise_quant(a)
+        return F.int8_mm_dequant(F.int8_linear_matmul(CA, CB), SCA, SCB)
+
+    eager, graphed = capture(fn, A)
+    assert torch.equal(eager, graphed)
+
+
+@pytest.mark.parametrize("layer_kind", ["4bit", "8bit"])
+def test_layers_compile_with_torch_compile(layer_kind):
+    if layer_kind == "4bit":
+        layer = nybble.nn.Linear4bit(256, 128, compute_dtype=torch.float16, quant_type="nf4")
+    else:
+        layer = nybble.nn.Linear8bitLt(256, 128, has_fp16_weights=False, threshold=0.0)
+    layer = layer.half().to("cuda")
+    x = torch.randn(4, 256, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        eager = layer(x)
+        compiled = torch.compile(layer, fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
+
+
+# ---- past 2^31 elements ------------------------------------------------------------------------------
+
+
+def test_4bit_round_trip_past_2_31_elements():
+    n = (1 << 31) + 4096 + 130  # not a multiple of the blocksize either
+    x = torch.empty(n, device="cuda", dtype=torch.bfloat16)
+    x[: n - 1000].fill_(1.0)
+    x[n - 1000:] = torch.linspace(-2, 2, 1000, device="cuda", dtype=torch.bfloat16)
+    packed, state = F.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=True)
+    assert packed.numel() == (n + 1) // 2
+    y = F.dequantize_4bit(packed, state)
+    del packed
+    tail_in, tail_out = x[n - 1000:].float(), y[n - 1000:].float()
+    assert bool((y[: n - 1000] == y[0]).all()) and abs(float(y[0]) - 1.0) < 1e-2
+    assert float((tail_out - tail_in).abs().max()) < 0.2
