@@ -5,4 +5,5 @@
 #include "nybble/error.hpp"
 #include "nybble/formats.hpp"
 #include "nybble/ops.hpp"
+#include "nybble/optim.hpp"
 #include "nybble/tensor_view.hpp"

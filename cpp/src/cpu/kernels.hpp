@@ -11,6 +11,10 @@
 #include "nybble/dtype.hpp"
 #include "nybble/formats.hpp"
 
+namespace nybble::optim {
+struct Step;  // cpu/ref/optim_rules.hpp
+}  // namespace nybble::optim
+
 namespace nybble::cpu {
 
 // Per-block scales as kernels read them: plain fp32 absmax, or a double-quantized absmax
@@ -43,6 +47,33 @@ struct Gemm4Args {
   void* out;         // [M, N], dtype dt
 };
 
+// One parameter of an optimizer step (nybble/optim.hpp) as the kernels see it: n elements of
+// g and p (dtype dt), and its states. AdEMAMix's state1 holds 2n values (fast EMA, then slow EMA)
+// and its absmax1 2 * ceil(n / kOptimizerBlocksize) scales. update_scale: the clipping factor of
+// Note [Update norm] (1 without max_unorm).
+struct Optim32Args {
+  DType dt;
+  int64_t n;
+  const void* g;
+  void* p;
+  float* state1;
+  float* state2;  // null for 1-state optimizers
+  float update_scale;
+};
+struct Optim8Args {
+  DType dt;
+  int64_t n;
+  const void* g;
+  void* p;
+  uint8_t* state1;
+  uint8_t* state2;  // null for 1-state optimizers, as absmax2 and qmap2
+  float* absmax1;
+  float* absmax2;
+  const float* qmap1;  // ascending, signed
+  const float* qmap2;  // ascending, unsigned
+  float update_scale;
+};
+
 struct Kernels {
   const char* name;
   // blocks [b0, b1): absmax[b] and the packed bytes of those blocks (blocksize is even).
@@ -69,6 +100,11 @@ struct Kernels {
   void (*int8_mm_dequant)(const int32_t* acc, const float* row_stats, const float* col_stats,
                           const void* bias, DType bias_dt, void* out, DType out_dt, int64_t N,
                           int64_t r0, int64_t r1);
+  // Optimizer steps over blocks [b0, b1) of kOptimizerBlocksize elements. unorm null: the
+  // update. Otherwise the norm pass of Note [Update norm]: unorm[b - b0] = the block's sum of u^2,
+  // nothing else written.
+  void (*optimizer_32bit)(const optim::Step& s, const Optim32Args& a, double* unorm, int64_t b0, int64_t b1);
+  void (*optimizer_8bit)(const optim::Step& s, const Optim8Args& a, double* unorm, int64_t b0, int64_t b1);
 };
 
 // The kernel sets compiled into this build; avx2/avx512 are null when not compiled.

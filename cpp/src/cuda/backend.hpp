@@ -11,6 +11,11 @@
 #include <optional>
 
 #include "nybble/ops.hpp"
+#include "nybble/optim.hpp"
+
+namespace nybble::optim {
+struct Step;  // cpu/ref/optim_rules.hpp
+}  // namespace nybble::optim
 
 namespace nybble::cuda {
 
@@ -51,5 +56,15 @@ struct Backend {
 
 // The CUDA backend of this build, or nullptr when it was built without CUDA.
 const Backend* backend();
+
+// The optimizer launchers (cuda/optim.cu), in a table of their own: `count` validated
+// parameters on one GPU and stream, updated with one step's scalars (norm pass included when
+// step.max_unorm > 0). Null in a build without CUDA, like backend().
+struct OptimBackend {
+  void (*optimizer_32bit)(const optim::Step& step, const OptimizerState32* params, size_t count);
+  void (*optimizer_8bit)(const optim::Step& step, const TensorView& qmap1, const std::optional<TensorView>& qmap2,
+                         const OptimizerState8bit* params, size_t count);
+};
+const OptimBackend* optim_backend();
 
 }  // namespace nybble::cuda

@@ -17,4 +17,5 @@ void managed_prefetch(const void*, int64_t, int, void*) {}
 
 namespace nybble::cuda {
 const Backend* backend() { return nullptr; }
+const OptimBackend* optim_backend() { return nullptr; }
 }  // namespace nybble::cuda

@@ -14,6 +14,8 @@ const Kernels* avx2_kernels() {
       avx2::int8_quant_rows,
       avx2::int8_matmul,
       avx2::int8_mm_dequant,
+      avx2::optimizer_32bit,
+      avx2::optimizer_8bit,
   };
   return &k;
 }

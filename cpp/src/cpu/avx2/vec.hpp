@@ -23,6 +23,25 @@ inline __m256 load8(const typename Elem<T>::storage* p) {
   }
 }
 
+// Stores 8 fp32 values as dtype T, rounded as dtype.hpp's store_from_float does (nearest even;
+// NaN stays a quiet NaN).
+template <DType T>
+inline void store8_float(typename Elem<T>::storage* p, __m256 v) {
+  if constexpr (T == DType::F32) {
+    _mm256_storeu_ps(p, v);
+  } else if constexpr (T == DType::F16) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  } else {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF)), _mm256_set1_epi32(0x7F800000));
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i rne = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), odd), 16);
+    const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x0040));
+    const __m256i h = _mm256_blendv_epi8(rne, quiet, nan);  // every lane < 2^16: the pack only narrows
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+  }
+}
+
 // Drives a register-tiled micro-kernel over `rows` rows of a k-contiguous A block and `groups`
 // groups of NR rows of a k-contiguous B block: micro(std::integral_constant<int, R>{}, a, b, c)
 // computes R (1..4) rows x NR columns into c. Full groups of 4 rows first, then the 1-3 left.
