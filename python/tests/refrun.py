@@ -51,7 +51,8 @@ def run_reference(code: str, **inputs) -> dict:
         src, inp, out = Path(tmp, "ref.py"), Path(tmp, "in.pt"), Path(tmp, "out.pt")
         src.write_text(_PRELUDE + textwrap.dedent(code) + _EPILOGUE)
         torch.save(inputs, inp)
-        env = dict(os.environ, PYTHONPATH=str(REF_DIR), BNB_CUDA_VERSION="")
+        env = dict(os.environ, PYTHONPATH=str(REF_DIR))
+        env.pop("BNB_CUDA_VERSION", None)  # the reference picks its library from torch's CUDA version
         proc = subprocess.run([sys.executable, str(src), str(inp), str(out)], env=env, capture_output=True,
                               text=True, timeout=600)
         if proc.returncode != 0:
