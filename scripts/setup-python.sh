@@ -9,7 +9,7 @@ python3 - <<'PY' | xargs -r python3 -m pip install -q --disable-pip-version-chec
 import importlib.util
 wanted = {"torch": "torch", "numpy": "numpy", "pytest": "pytest", "safetensors": "safetensors",
           "nanobind": "nanobind", "scikit_build_core": "scikit-build-core", "packaging": "packaging",
-          "setuptools": "setuptools"}
+          "setuptools": "setuptools", "transformers": "transformers", "peft": "peft", "accelerate": "accelerate"}
 print(" ".join(pkg for mod, pkg in wanted.items() if importlib.util.find_spec(mod) is None))
 PY
 
