@@ -5,7 +5,10 @@ Schemas are the reference's, so ``torch.ops.nybble.X`` takes the arguments
 ``torch.ops.bitsandbytes.X`` takes. Two nybble additions, both optional trailing arguments that
 reference-style calls never pass: ``dequantize_4bit`` accepts the double-quantized absmax like
 ``gemm_4bit`` does (decoded in the kernel instead of in a separate pass), and ``gemv_4bit``
-accepts any number of rows.
+accepts any number of rows. Two ops are nybble's own: ``optimizer_update_32bit_multi`` and
+``optimizer_update_8bit_blockwise_multi`` update a list of parameters with one set of
+hyperparameters in one kernel call (the optimizers' step); the 8-bit one also clips the update
+norm (``max_unorm``), which the reference's 8-bit op cannot.
 
 The kernel functions here only check what the fake kernels cannot (values), allocate outputs and
 call nybble._C; all element work is in C++. The same functions serve the CPU and the CUDA
@@ -50,6 +53,22 @@ _SCHEMAS = {
     "int8_mixed_scaled_mm": "(Tensor A, Tensor CA, Tensor CB, Tensor SCA, Tensor SCB, Tensor? outlier_cols=None, "
     "Tensor? bias=None) -> (Tensor, Tensor?)",
     "int8_double_quant": "(Tensor A, float threshold=0.0) -> (Tensor, Tensor, Tensor, Tensor, Tensor?)",
+    "optimizer_update_32bit": "(str optimizer_name, Tensor(a0!) g, Tensor(a1!) p, Tensor(a2!) state1, "
+    "Tensor(a3!)? state2, Tensor(a4!)? unorm_vec, float max_unorm, float param_norm, float beta1, float beta2, "
+    "float beta3, float alpha, float eps, float weight_decay, int step, float lr, float gnorm_scale, "
+    "bool skip_zeros=False) -> ()",
+    "optimizer_update_8bit_blockwise": "(str optimizer_name, Tensor(a0!) g, Tensor(a1!) p, Tensor(a2!) state1, "
+    "Tensor(a3!)? state2, float beta1, float beta2, float beta3, float alpha, float eps, int step, float lr, "
+    "Tensor(a4!) qmap1, Tensor(a5!)? qmap2, Tensor(a6!) absmax1, Tensor(a7!)? absmax2, float weight_decay, "
+    "float gnorm_scale, bool skip_zeros=False) -> ()",
+    "optimizer_update_32bit_multi": "(str optimizer_name, Tensor[] g, Tensor(a1!)[] p, Tensor(a2!)[] state1, "
+    "Tensor(a3!)[]? state2, Tensor(a4!)[]? unorm_vec, float max_unorm, float beta1, float beta2, float beta3, "
+    "float alpha, float eps, float weight_decay, int step, float lr, float gnorm_scale, bool skip_zeros=False) -> ()",
+    "optimizer_update_8bit_blockwise_multi": "(str optimizer_name, Tensor[] g, Tensor(a1!)[] p, "
+    "Tensor(a2!)[] state1, Tensor(a3!)[]? state2, float beta1, float beta2, float beta3, float alpha, float eps, "
+    "int step, float lr, Tensor qmap1, Tensor? qmap2, Tensor(a6!)[] absmax1, Tensor(a7!)[]? absmax2, "
+    "float weight_decay, float gnorm_scale, bool skip_zeros=False, Tensor(a8!)[]? unorm_vec=None, "
+    "float max_unorm=0.0) -> ()",
 }
 for _name, _schema in _SCHEMAS.items():
     _lib.define(_name + _schema)
@@ -459,3 +478,130 @@ def _(A, threshold=0.0):
         At = torch.where(At.abs() >= threshold, torch.zeros((), dtype=At.dtype, device=At.device), At)
     CAt, col_stats, _ = torch.ops.nybble.int8_vectorwise_quant.default(At.t().contiguous(), 0.0)
     return CA, CAt.t().reshape(A.shape), row_stats, col_stats, outlier_cols
+
+
+# ---- optimizers ------------------------------------------------------------------------------------
+# The update math and its validation are in C++ (nybble/optim.hpp); the checks here are the
+# reference's fake-kernel contract (its messages), shared by the fake and the real kernels.
+
+
+def _check_optimizer_param(g, p) -> None:
+    torch._check(g.numel() == p.numel(),
+                 lambda: f"g and p must have the same number of elements, got {g.numel()} and {p.numel()}")
+    torch._check(g.dtype in FLOAT_DTYPES, lambda: f"g must be bfloat16, float16, or float32, got {g.dtype}")
+    torch._check(g.dtype == p.dtype,
+                 lambda: f"Expected all tensors to have the same dtype, got g.dtype={g.dtype}, p.dtype={p.dtype}")
+
+
+def _check_optimizer_32bit(g, p, state1, state2) -> None:
+    _check_optimizer_param(g, p)
+    _check_dtype("state1", state1, torch.float32)
+    if state2 is not None:
+        _check_dtype("state2", state2, torch.float32)
+
+
+def _check_optimizer_8bit(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2) -> None:
+    _check_optimizer_param(g, p)
+    torch._check(state1.dtype == torch.uint8, lambda: f"state1 must be uint8, got {state1.dtype}")
+    torch._check(qmap1.dtype == absmax1.dtype == torch.float32,
+                 lambda: f"Expected qmap1 and absmax1 to be float32, got qmap1.dtype={qmap1.dtype}, "
+                 f"absmax1.dtype={absmax1.dtype}")
+    if state2 is not None:
+        torch._check(state2.dtype == torch.uint8, lambda: f"state2 must be uint8, got {state2.dtype}")
+        torch._check(qmap2 is not None and absmax2 is not None, lambda: "state2 needs qmap2 and absmax2")
+        torch._check(qmap2.dtype == absmax2.dtype == torch.float32,
+                     lambda: f"Expected qmap2 and absmax2 to be float32, got qmap2.dtype={qmap2.dtype}, "
+                     f"absmax2.dtype={absmax2.dtype}")
+
+
+def _item(tensors, i):
+    return None if tensors is None else tensors[i]
+
+
+def fp32_norm(p: torch.Tensor) -> torch.Tensor:
+    """||p||_2 in fp32: the limit of update-norm clipping (max_unorm, LAMB and LARS) is relative to it."""
+    return torch.linalg.vector_norm(p.detach(), dtype=torch.float32)
+
+
+def _param_norms(p, max_unorm: float) -> list[float]:
+    """Every parameter's norm as a float when clipping (max_unorm > 0), else []. The kernels take
+    the norm as a host float, so this is where a clipped step waits for the GPU: once per call
+    (one transfer of all norms), never without clipping."""
+    if not max_unorm > 0.0:
+        return []
+    return torch.stack([fp32_norm(t) for t in p]).tolist()
+
+
+@_fake("optimizer_update_32bit")
+def _(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm, beta1, beta2, beta3, alpha, eps,
+      weight_decay, step, lr, gnorm_scale, skip_zeros=False):
+    _check_optimizer_32bit(g, p, state1, state2)
+
+
+@_kernel("optimizer_update_32bit")
+def _(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm, beta1, beta2, beta3, alpha, eps,
+      weight_decay, step, lr, gnorm_scale, skip_zeros=False):
+    _check_optimizer_32bit(g, p, state1, state2)
+    _C.optimizer_update_32bit(optimizer_name, g.contiguous(), p, state1, state2, unorm_vec, max_unorm, param_norm,
+                              beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, skip_zeros,
+                              stream=_stream(p))
+
+
+@_fake("optimizer_update_8bit_blockwise")
+def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1,
+      absmax2, weight_decay, gnorm_scale, skip_zeros=False):
+    _check_optimizer_8bit(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2)
+
+
+@_kernel("optimizer_update_8bit_blockwise")
+def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1,
+      absmax2, weight_decay, gnorm_scale, skip_zeros=False):
+    _check_optimizer_8bit(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2)
+    _C.optimizer_update_8bit_blockwise(optimizer_name, g.contiguous(), p, state1, state2, beta1, beta2, beta3, alpha,
+                                       eps, step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay, gnorm_scale,
+                                       skip_zeros, stream=_stream(p))
+
+
+def _check_optimizer_32bit_multi(g, p, state1, state2) -> None:
+    for i in range(len(g)):
+        _check_optimizer_32bit(g[i], p[i], state1[i], _item(state2, i))
+
+
+@_fake("optimizer_update_32bit_multi")
+def _(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, beta1, beta2, beta3, alpha, eps, weight_decay,
+      step, lr, gnorm_scale, skip_zeros=False):
+    _check_optimizer_32bit_multi(g, p, state1, state2)
+
+
+@_kernel("optimizer_update_32bit_multi")
+def _(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, beta1, beta2, beta3, alpha, eps, weight_decay,
+      step, lr, gnorm_scale, skip_zeros=False):
+    _check_optimizer_32bit_multi(g, p, state1, state2)
+    if not p:
+        return
+    _C.optimizer_update_32bit_multi(optimizer_name, [t.contiguous() for t in g], p, state1, state2, unorm_vec,
+                                    _param_norms(p, max_unorm), max_unorm, beta1, beta2, beta3, alpha, eps,
+                                    weight_decay, step, lr, gnorm_scale, skip_zeros, stream=_stream(p[0]))
+
+
+def _check_optimizer_8bit_multi(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2) -> None:
+    for i in range(len(g)):
+        _check_optimizer_8bit(g[i], p[i], state1[i], _item(state2, i), qmap1, qmap2, absmax1[i], _item(absmax2, i))
+
+
+@_fake("optimizer_update_8bit_blockwise_multi")
+def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1,
+      absmax2, weight_decay, gnorm_scale, skip_zeros=False, unorm_vec=None, max_unorm=0.0):
+    _check_optimizer_8bit_multi(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2)
+
+
+@_kernel("optimizer_update_8bit_blockwise_multi")
+def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1,
+      absmax2, weight_decay, gnorm_scale, skip_zeros=False, unorm_vec=None, max_unorm=0.0):
+    _check_optimizer_8bit_multi(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2)
+    if not p:
+        return
+    _C.optimizer_update_8bit_blockwise_multi(optimizer_name, [t.contiguous() for t in g], p, state1, state2, beta1,
+                                             beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2,
+                                             weight_decay, gnorm_scale, skip_zeros, unorm_vec,
+                                             _param_norms(p, max_unorm), max_unorm, stream=_stream(p[0]))

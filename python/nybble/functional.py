@@ -875,14 +875,6 @@ def int8_double_quant(A: Tensor, col_stats: Optional[Tensor] = None, row_stats: 
 # ---- optimizers ----------------------------------------------------------------------------------
 
 
-def _optimizer_op(name: str):
-    try:
-        return getattr(torch.ops.nybble, name)
-    except AttributeError:
-        raise NotImplementedError(f"{name}: nybble has no torch.ops.nybble.{name} op yet "
-                                  f"(the optimizer kernels are not bound)") from None
-
-
 def optimizer_update_32bit(
     optimizer_name: str,
     g: Tensor,
@@ -903,14 +895,13 @@ def optimizer_update_32bit(
     skip_zeros=False,
 ) -> None:
     """One in-place optimizer step with fp32 states (spec §4.3) for the optimizer
-    ``optimizer_name`` (adam, ademamix, lamb, lion, momentum, lars, rmsprop, adagrad)."""
-    op = _optimizer_op("optimizer_update_32bit")
-    param_norm = 0.0
-    if max_unorm > 0.0:
-        param_norm = torch.norm(p.data.float())
+    ``optimizer_name`` (adam, ademamix, lamb, lion, momentum, lars, rmsprop, adagrad). With
+    ``max_unorm > 0`` the parameter's norm is read on the host (a GPU sync), as in the reference."""
+    param_norm = float(_ops.fp32_norm(p)) if max_unorm > 0.0 else 0.0
     is_on_gpu([g, p, state1, state2, unorm_vec])
-    op(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm, beta1, beta2, beta3, alpha, eps,
-       weight_decay, step, lr, gnorm_scale, skip_zeros)
+    torch.ops.nybble.optimizer_update_32bit.default(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm,
+                                                    param_norm, beta1, beta2, beta3, alpha, eps, weight_decay, step,
+                                                    lr, gnorm_scale, skip_zeros)
 
 
 def optimizer_update_8bit_blockwise(
@@ -935,10 +926,10 @@ def optimizer_update_8bit_blockwise(
     skip_zeros=False,
 ) -> None:
     """One in-place optimizer step with 8-bit blockwise states (blocksize 256, spec §4.3)."""
-    op = _optimizer_op("optimizer_update_8bit_blockwise")
     is_on_gpu([p, g, state1, state2, qmap1, qmap2, absmax1, absmax2])
-    op(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1,
-       absmax2, weight_decay, gnorm_scale, skip_zeros)
+    torch.ops.nybble.optimizer_update_8bit_blockwise.default(optimizer_name, g, p, state1, state2, beta1, beta2, beta3,
+                                                             alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2,
+                                                             weight_decay, gnorm_scale, skip_zeros)
 
 
 # ---- paged memory --------------------------------------------------------------------------------

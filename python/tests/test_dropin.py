@@ -3,8 +3,8 @@ under the reference's module paths, every name the same object as nybble's, a ve
 downstream gates accept, ``python -m nybble`` / ``python -m bitsandbytes``, and a comparison of
 names and signatures with the real bitsandbytes 0.50.2.
 
-The optimizer classes of ``bitsandbytes.optim`` are left to the optimizer tests; here only the
-module and ``GlobalOptimManager``.
+The optimizers' behaviour is left to test_optim.py; here only their module paths, names and
+signatures.
 """
 
 from __future__ import annotations
@@ -223,8 +223,12 @@ def test_submodule_imported_later_is_aliased():
 
 # ---- (b) the reference's public names and signatures --------------------------------------------------
 
-# Compared module by module: the five of the brief, plus the two module paths downstream imports from.
-REFERENCE_MODULES = ["", "functional", "nn", "nn.modules", "autograd", "autograd._functions", "utils"]
+# Compared module by module: the five of the brief, the two module paths downstream imports from, and
+# the optimizer modules.
+OPTIM_MODULES = ["optim", "optim.optimizer", "optim.adagrad", "optim.adam", "optim.adamw", "optim.ademamix",
+                 "optim.lamb", "optim.lars", "optim.lion", "optim.rmsprop", "optim.sgd"]
+REFERENCE_MODULES = ["", "functional", "nn", "nn.modules", "autograd", "autograd._functions", "utils",
+                     *OPTIM_MODULES]
 
 # Names of the reference that nybble deliberately does not provide, with the reason.
 NOT_PROVIDED = {

@@ -797,14 +797,6 @@ def test_deprecated_int8_gemms(device):
         F.check_matmul(A.float(), B, None, False, False)
 
 
-def test_optimizer_wrappers_name_the_missing_op():
-    p = torch.zeros(8)
-    if hasattr(torch.ops.nybble, "optimizer_update_32bit"):
-        pytest.skip("optimizer ops are bound; tested with the optimizers")
-    with pytest.raises(NotImplementedError, match="optimizer_update_32bit"):
-        F.optimizer_update_32bit("adam", p, p.clone(), p.clone(), 0.9, 1e-8, 1, 1e-3)
-
-
 def test_public_names_of_the_reference_exist():
     names = ["GlobalPageManager", "CUBLAS_Context", "FIRST_CUDA_DEVICE", "QuantState", "C", "lib", "name2qmap",
              "batched_igemm", "check_matmul", "create_dynamic_map", "create_fp8_map", "create_linear_map",
