@@ -4,6 +4,7 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ pkg-config libgtest-dev libbenchmark-dev nlohmann-json3-dev python3)
+packages+=(clang libclang-rt-dev)  # the fuzz targets (scripts/fuzz.sh): clang and its libFuzzer/ASan runtimes
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

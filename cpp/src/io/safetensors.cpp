@@ -1,7 +1,14 @@
-// io/safetensors.cpp — parsing and validating a safetensors file (format in safetensors.hpp).
+// io/safetensors.cpp — mapping, parsing and validating a safetensors file (format in
+// safetensors.hpp).
 #include "io/safetensors.hpp"
 
-#include <fstream>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <limits>
 #include <nlohmann/json.hpp>
 
@@ -12,12 +19,25 @@ namespace {
 
 // A header larger than this is refused rather than parsed (the format's own limit is 100 MB).
 constexpr uint64_t kMaxHeader = 100ull << 20;
+// Bound on every dimension and on the element count, so that shapes, element counts and byte
+// counts (up to 8 bytes an element) computed from them fit in int64.
+constexpr uint64_t kMaxElements = 1ull << 60;
 
 [[noreturn]] void bad(const std::string& origin, const std::string& what) {
   throw Error(ErrorKind::Value, "safetensors file '" + origin + "': " + what);
 }
 
+[[noreturn]] void os_error(const std::string& path, const std::string& what) {
+  throw Error(ErrorKind::Runtime, "safetensors file '" + path + "': " + what + " (" + std::strerror(errno) + ")");
+}
+
 }  // namespace
+
+int64_t SafetensorsTensor::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
 
 int64_t safetensors_dtype_size(const std::string& d) {
   if (d == "F64" || d == "I64" || d == "U64") return 8;
@@ -27,33 +47,83 @@ int64_t safetensors_dtype_size(const std::string& d) {
   return 0;
 }
 
+std::optional<DType> dtype_from_safetensors(const std::string& d) {
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::U8, DType::I8, DType::I32, DType::I64})
+    if (safetensors_dtype_name(t) == d) return t;
+  return std::nullopt;
+}
+
+std::string safetensors_dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::U8: return "U8";
+    case DType::I8: return "I8";
+    case DType::I32: return "I32";
+    case DType::I64: return "I64";
+  }
+  return "?";
+}
+
 SafetensorsFile SafetensorsFile::read(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) throw Error(ErrorKind::Runtime, "safetensors file '" + path + "': cannot be opened");
-  const std::streamoff size = in.tellg();
-  if (size < 0) throw Error(ErrorKind::Runtime, "safetensors file '" + path + "': cannot be read");
-  std::vector<uint8_t> bytes(static_cast<size_t>(size));
-  in.seekg(0);
-  if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size))
-    throw Error(ErrorKind::Runtime, "safetensors file '" + path + "': read failed");
-  return parse(std::move(bytes), path);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) os_error(path, "cannot be opened");
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    errno = err;
+    os_error(path, "cannot be read");
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    bad(path, "is not a regular file");
+  }
+  const auto size = static_cast<uint64_t>(st.st_size);
+  if (size < 8) {
+    ::close(fd);
+    bad(path, "is " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
+  }
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int err = errno;
+  ::close(fd);  // the mapping keeps the file
+  if (p == MAP_FAILED) {
+    errno = err;
+    os_error(path, "cannot be mapped");
+  }
+  ::madvise(p, size, MADV_SEQUENTIAL);
+  std::shared_ptr<const uint8_t> bytes(static_cast<const uint8_t*>(p), [size](const uint8_t* q) {
+    ::munmap(const_cast<uint8_t*>(q), size);
+  });
+  SafetensorsFile f = parse_mapped(std::move(bytes), size, path);
+  f.mapped_ = true;
+  return f;
 }
 
 SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::string& origin) {
+  auto owned = std::make_shared<std::vector<uint8_t>>(std::move(bytes));
+  const uint64_t size = owned->size();
+  return parse_mapped(std::shared_ptr<const uint8_t>(owned, owned->data()), size, origin);
+}
+
+SafetensorsFile SafetensorsFile::parse_mapped(std::shared_ptr<const uint8_t> bytes, uint64_t size,
+                                              const std::string& origin) {
   SafetensorsFile f;
   f.origin_ = origin;
   f.bytes_ = std::move(bytes);
-  const uint64_t size = f.bytes_.size();
+  f.size_ = size;
+  const uint8_t* p = f.bytes_.get();
   if (size < 8) bad(origin, "is " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
   uint64_t hlen = 0;
-  for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | f.bytes_[static_cast<size_t>(i)];
+  for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | p[i];
   if (hlen > kMaxHeader) bad(origin, "header length " + std::to_string(hlen) + " exceeds the 100 MB limit");
   if (hlen > size - 8) bad(origin, "header length " + std::to_string(hlen) + " runs past the end of the file (" + std::to_string(size) + " bytes)");
   f.data_start_ = 8 + hlen;
   const uint64_t data_size = size - f.data_start_;
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(f.bytes_.begin() + 8, f.bytes_.begin() + static_cast<std::ptrdiff_t>(f.data_start_));
+    header = nlohmann::json::parse(p + 8, p + f.data_start_);
   } catch (const nlohmann::json::exception& e) {
     bad(origin, std::string("header is not valid JSON (") + e.what() + ")");
   }
@@ -76,11 +146,12 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
     const int64_t esize = safetensors_dtype_size(t.dtype);
     if (esize == 0) bad(origin, where + ": dtype '" + t.dtype + "' is unknown");
     if (!v["shape"].is_array()) bad(origin, where + ": shape is not an array");
-    uint64_t numel = 1;
+    uint64_t numel = 1, nonzero = 1;
     for (const auto& d : v["shape"]) {
       if (!d.is_number_unsigned()) bad(origin, where + ": shape holds a value that is not a non-negative integer");
       const uint64_t dim = d.get<uint64_t>();
-      if (dim != 0 && numel > std::numeric_limits<uint64_t>::max() / dim / 8) bad(origin, where + ": shape is too large");
+      if (dim != 0 && nonzero > kMaxElements / dim) bad(origin, where + ": shape is too large (2^60 elements or more)");
+      if (dim != 0) nonzero *= dim;
       numel *= dim;
       t.shape.push_back(static_cast<int64_t>(dim));
     }
@@ -97,7 +168,34 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
                       std::to_string(numel * static_cast<uint64_t>(esize)));
     f.tensors_.emplace(name, std::move(t));
   }
+  // The tensors tile the data section, as the safetensors library requires.
+  uint64_t cursor = 0;
+  std::string previous;
+  for (const auto& name : f.names_by_offset()) {
+    const auto& t = f.tensors_.at(name);
+    if (t.begin < cursor)
+      bad(origin, "tensor '" + name + "' (bytes " + std::to_string(t.begin) + ".." + std::to_string(t.end) +
+                      ") overlaps tensor '" + previous + "'");
+    if (t.begin > cursor)
+      bad(origin, "the data section has a gap of " + std::to_string(t.begin - cursor) + " bytes before tensor '" + name + "'");
+    cursor = t.end;
+    previous = name;
+  }
+  if (cursor != data_size)
+    bad(origin, "the data section holds " + std::to_string(data_size - cursor) + " bytes after the last tensor");
   return f;
+}
+
+std::vector<std::string> SafetensorsFile::names_by_offset() const {
+  std::vector<std::string> names;
+  names.reserve(tensors_.size());
+  for (const auto& [name, t] : tensors_) names.push_back(name);
+  std::stable_sort(names.begin(), names.end(), [this](const std::string& a, const std::string& b) {
+    const auto& x = tensors_.at(a);
+    const auto& y = tensors_.at(b);
+    return x.begin != y.begin ? x.begin < y.begin : x.end < y.end;
+  });
+  return names;
 }
 
 const SafetensorsTensor& SafetensorsFile::info(const std::string& name) const {
@@ -107,7 +205,18 @@ const SafetensorsTensor& SafetensorsFile::info(const std::string& name) const {
 }
 
 const uint8_t* SafetensorsFile::data(const std::string& name) const {
-  return bytes_.data() + data_start_ + info(name).begin;
+  return bytes_.get() + data_start_ + info(name).begin;
+}
+
+void SafetensorsFile::release(const std::string& name) const {
+  const auto& t = info(name);
+  const auto page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  // Whole pages inside the tensor only: a page shared with a neighbour may still be read.
+  const uint64_t first = (data_start_ + t.begin + page - 1) / page * page;
+  const uint64_t last = (data_start_ + t.end) / page * page;
+  // Only for a mapping of the file: on owned memory MADV_DONTNEED would zero the bytes.
+  if (mapped_ && last > first)
+    ::madvise(const_cast<uint8_t*>(bytes_.get()) + first, last - first, MADV_DONTNEED);
 }
 
 const SafetensorsTensor& SafetensorsFile::check_dtype(const std::string& name, const std::string& dtype, size_t size) const {
