@@ -170,3 +170,21 @@ def test_checkpoints_move_both_ways_with_the_reference(tiny_dir, tokens, device,
     model.save_pretrained(tmp_path / "mine")
     theirs = run_reference(REFERENCE_LOAD, src=str(tmp_path / "mine"), device=device, tokens=tokens, dtype=dtype)
     torch.testing.assert_close(theirs["logits"], logits(model, tokens), **tol)
+
+
+@pytest.mark.parametrize("optim", ["adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit"])
+def test_trainer_uses_the_optimizers_by_name(tiny_dir, tokens, device, optim, tmp_path):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import Trainer, TrainingArguments
+
+    model = prepare_model_for_kbit_training(load(tiny_dir, "nf4-dq-bf16", device))
+    model = get_peft_model(model, LoraConfig(r=8, target_modules=LINEARS, task_type="CAUSAL_LM"))
+    data = [{"input_ids": row, "labels": row} for row in tokens.repeat(4, 1)]
+    args = TrainingArguments(output_dir=str(tmp_path), optim=optim, max_steps=4, per_device_train_batch_size=2,
+                             learning_rate=1e-2, logging_steps=1, report_to=[], save_strategy="no",
+                             use_cpu=device == "cpu")
+    trainer = Trainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    assert type(trainer.optimizer.optimizer).__module__.startswith("nybble.optim")
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
