@@ -104,38 +104,49 @@ def _fake(name: str):
 # ---- argument checks shared by the fake and the real kernels ------------------------------------
 
 
+def _require(cond, message) -> None:
+    """torch._check where a condition is symbolic (fake kernels under torch.compile); a plain test
+    otherwise, as torch._check costs ~1.5 us per call and a small eager call makes dozens."""
+    if cond is True:
+        return
+    if cond is False:
+        raise RuntimeError(message())
+    torch._check(cond, message)
+
+
+
 def _check_4bit(blocksize: int, quant_type: str) -> None:
-    torch._check(
+    _require(
         blocksize in BLOCKSIZES_4BIT,
         lambda: f"blocksize = {blocksize} is not allowed for 4-bit (must be one of {', '.join(map(str, BLOCKSIZES_4BIT))})",
     )
-    torch._check(quant_type in ("nf4", "fp4"), lambda: f"quant_type = {quant_type!r} is not supported (must be 'nf4' or 'fp4')")
+    _require(quant_type in ("nf4", "fp4"), lambda: f"quant_type = {quant_type!r} is not supported (must be 'nf4' or 'fp4')")
 
 
 def _check_float(name: str, t: torch.Tensor) -> None:
-    torch._check(t.dtype in FLOAT_DTYPES, lambda: f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+    _require(t.dtype in FLOAT_DTYPES, lambda: f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
 
 
 def _check_dtype(name: str, t: torch.Tensor, dtype: torch.dtype) -> None:
-    torch._check(t.dtype == dtype, lambda: f"{name} must be {dtype}, got {t.dtype}")
+    _require(t.dtype == dtype, lambda: f"{name} must be {dtype}, got {t.dtype}")
 
 
 def _check_nested(absmax_8bit, absmax_code, absmax_offset) -> None:
     if absmax_8bit is None:
         return
     _check_dtype("absmax_8bit", absmax_8bit, torch.uint8)
-    torch._check(absmax_code is not None, lambda: "absmax_code is required when absmax_8bit is given")
-    torch._check(absmax_code.dtype == torch.float32 and absmax_code.numel() == 256,
+    _require(absmax_code is not None, lambda: "absmax_code is required when absmax_8bit is given")
+    _require(absmax_code.dtype == torch.float32 and absmax_code.numel() == 256,
                  lambda: f"absmax_code must be float32 [256], got {absmax_code.dtype} {list(absmax_code.shape)}")
-    torch._check(absmax_offset is not None and absmax_offset.numel() == 1,
+    _require(absmax_offset is not None and absmax_offset.numel() == 1,
                  lambda: "absmax_offset must be a one-element tensor when absmax_8bit is given")
 
 
 def _check_gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type) -> None:
-    torch._check(len(shapeB) == 2, lambda: f"shapeB must be 2-D [N, K], got {list(shapeB)}")
-    torch._check(A.shape[-1] == shapeB[1], lambda: f"A's last dimension ({A.shape[-1]}) must equal K = shapeB[1] ({shapeB[1]})")
+    _require(len(shapeB) == 2, lambda: f"shapeB must be 2-D [N, K], got {list(shapeB)}")
+    _require(A.shape[-1] == shapeB[1], lambda: f"A's last dimension ({A.shape[-1]}) must equal K = shapeB[1] ({shapeB[1]})")
     _check_float("A", A)
-    torch._check(B.dtype in STORAGE_DTYPES, lambda: f"B (packed weight) has unsupported storage dtype {B.dtype}")
+    _require(B.dtype in STORAGE_DTYPES, lambda: f"B (packed weight) has unsupported storage dtype {B.dtype}")
     _check_4bit(blocksize, quant_type)
     _check_dtype("absmax", absmax, torch.float32)
 
@@ -181,7 +192,7 @@ def _(A, blocksize, quant_type, quant_storage):
     n = A.numel()
     itemsize = torch.empty(0, dtype=quant_storage).element_size()
     nbytes = (n + 1) // 2
-    torch._check(nbytes % itemsize == 0,
+    _require(nbytes % itemsize == 0,
                  lambda: f"quant_storage = {quant_storage}: the {nbytes} packed bytes of {n} elements are not a "
                  f"whole number of {itemsize}-byte items (use torch.uint8 or an element count divisible by {2 * itemsize})")
     packed = torch.empty((nbytes // itemsize, 1), device=A.device, dtype=quant_storage)
@@ -214,15 +225,15 @@ def _(A, absmax, blocksize, quant_type, shape, dtype, absmax_8bit=None, absmax_c
 
 @_fake("dequantize_4bit.out")
 def _(A, absmax, blocksize, quant_type, shape, dtype, out):
-    torch._check(list(out.shape) == list(shape), lambda: f"out has shape {list(out.shape)}, expected {list(shape)}")
-    torch._check(out.dtype == dtype, lambda: f"out has dtype {out.dtype}, expected {dtype}")
+    _require(list(out.shape) == list(shape), lambda: f"out has shape {list(out.shape)}, expected {list(shape)}")
+    _require(out.dtype == dtype, lambda: f"out has dtype {out.dtype}, expected {dtype}")
 
 
 @_kernel("dequantize_4bit.out")
 def _(A, absmax, blocksize, quant_type, shape, dtype, out):
-    torch._check(list(out.shape) == list(shape), lambda: f"out has shape {list(out.shape)}, expected {list(shape)}")
-    torch._check(out.dtype == dtype, lambda: f"out has dtype {out.dtype}, expected {dtype}")
-    torch._check(out.is_contiguous(), lambda: "out must be contiguous")
+    _require(list(out.shape) == list(shape), lambda: f"out has shape {list(out.shape)}, expected {list(shape)}")
+    _require(out.dtype == dtype, lambda: f"out has dtype {out.dtype}, expected {dtype}")
+    _require(out.is_contiguous(), lambda: "out must be contiguous")
     _dequantize_4bit(A, absmax, blocksize, quant_type, out)
 
 
@@ -264,13 +275,13 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
 
 def _code_quant_type(code: torch.Tensor) -> str:
     """gemv_4bit passes the code table, not its name: NF4's second entry is negative, FP4's positive."""
-    torch._check(code.numel() == 16, lambda: f"code must have 16 entries for 4-bit, got {code.numel()}")
+    _require(code.numel() == 16, lambda: f"code must have 16 entries for 4-bit, got {code.numel()}")
     return "fp4" if float(code[1]) > 0 else "nf4"
 
 
 @_fake("gemv_4bit")
 def _(A, B, shapeB, absmax, code, blocksize):
-    torch._check(len(shapeB) == 2, lambda: f"shapeB must be 2-D [N, K], got {list(shapeB)}")
+    _require(len(shapeB) == 2, lambda: f"shapeB must be 2-D [N, K], got {list(shapeB)}")
     _check_float("A", A)
     return torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype, device=A.device)
 
@@ -282,7 +293,7 @@ def _(A, B, shapeB, absmax, code, blocksize):
 
 @_fake("gemv_4bit.out")
 def _(A, B, shapeB, absmax, code, blocksize, out):
-    torch._check(out.shape == (*A.shape[:-1], shapeB[0]), lambda: f"out has shape {list(out.shape)}")
+    _require(out.shape == (*A.shape[:-1], shapeB[0]), lambda: f"out has shape {list(out.shape)}")
 
 
 @_kernel("gemv_4bit.out")
@@ -294,9 +305,9 @@ def _(A, B, shapeB, absmax, code, blocksize, out):
 
 
 def _check_blockwise(code: torch.Tensor, blocksize: int) -> None:
-    torch._check(blocksize > 0, lambda: f"blocksize = {blocksize} must be positive")
+    _require(blocksize > 0, lambda: f"blocksize = {blocksize} must be positive")
     _check_dtype("code", code, torch.float32)
-    torch._check(code.numel() == 256, lambda: f"code must have 256 entries, got {code.numel()}")
+    _require(code.numel() == 256, lambda: f"code must have 256 entries, got {code.numel()}")
 
 
 @_fake("quantize_blockwise")
@@ -334,14 +345,14 @@ def _(A, absmax, code, blocksize, dtype):
 
 @_fake("dequantize_blockwise.out")
 def _(A, absmax, code, blocksize, dtype, out):
-    torch._check(out.shape == A.shape and out.dtype == dtype,
+    _require(out.shape == A.shape and out.dtype == dtype,
                  lambda: f"out must be {dtype} {list(A.shape)}, got {out.dtype} {list(out.shape)}")
 
 
 @_kernel("dequantize_blockwise.out")
 def _(A, absmax, code, blocksize, dtype, out):
     _check_blockwise(code, blocksize)
-    torch._check(out.shape == A.shape and out.dtype == dtype and out.is_contiguous(),
+    _require(out.shape == A.shape and out.dtype == dtype and out.is_contiguous(),
                  lambda: f"out must be contiguous {dtype} {list(A.shape)}, got {out.dtype} {list(out.shape)}")
     _C.dequantize_blockwise(A.contiguous(), absmax.contiguous(), code.contiguous(), blocksize, out, stream=_stream(A))
 
@@ -363,7 +374,7 @@ def _(A, threshold=0.0):
 @_kernel("int8_vectorwise_quant")
 def _(A, threshold=0.0):
     _check_float("A", A)
-    torch._check(threshold >= 0.0, lambda: f"threshold = {threshold} must be >= 0 (0 disables outliers)")
+    _require(threshold >= 0.0, lambda: f"threshold = {threshold} must be >= 0 (0 disables outliers)")
     cols = A.shape[-1] if A.ndim else 1
     rows = A.numel() // cols if cols else 0
     out = torch.empty(A.shape, device=A.device, dtype=torch.int8)
@@ -391,8 +402,8 @@ def _(A, stats):
 def _check_int8_matmul(A, B):
     _check_dtype("A", A, torch.int8)
     _check_dtype("B", B, torch.int8)
-    torch._check(B.ndim == 2, lambda: f"B must be 2-D [N, K], got {B.ndim}-D")
-    torch._check(A.shape[-1] == B.shape[-1], lambda: f"A's last dimension ({A.shape[-1]}) must equal B's ({B.shape[-1]})")
+    _require(B.ndim == 2, lambda: f"B must be 2-D [N, K], got {B.ndim}-D")
+    _require(A.shape[-1] == B.shape[-1], lambda: f"A's last dimension ({A.shape[-1]}) must equal B's ({B.shape[-1]})")
 
 
 @_fake("int8_linear_matmul")
@@ -424,7 +435,7 @@ def _(A, B, out):
 def _(A, B, out):
     _check_int8_matmul(A, B)
     _check_dtype("out", out, torch.int32)
-    torch._check(out.shape == (*A.shape[:-1], B.shape[0]) and out.is_contiguous(),
+    _require(out.shape == (*A.shape[:-1], B.shape[0]) and out.is_contiguous(),
                  lambda: f"out must be contiguous {[*A.shape[:-1], B.shape[0]]}, got {list(out.shape)}")
     _int8_linear_matmul(A, B, out)
 
@@ -486,10 +497,10 @@ def _(A, threshold=0.0):
 
 
 def _check_optimizer_param(g, p) -> None:
-    torch._check(g.numel() == p.numel(),
+    _require(g.numel() == p.numel(),
                  lambda: f"g and p must have the same number of elements, got {g.numel()} and {p.numel()}")
-    torch._check(g.dtype in FLOAT_DTYPES, lambda: f"g must be bfloat16, float16, or float32, got {g.dtype}")
-    torch._check(g.dtype == p.dtype,
+    _require(g.dtype in FLOAT_DTYPES, lambda: f"g must be bfloat16, float16, or float32, got {g.dtype}")
+    _require(g.dtype == p.dtype,
                  lambda: f"Expected all tensors to have the same dtype, got g.dtype={g.dtype}, p.dtype={p.dtype}")
 
 
@@ -502,14 +513,14 @@ def _check_optimizer_32bit(g, p, state1, state2) -> None:
 
 def _check_optimizer_8bit(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2) -> None:
     _check_optimizer_param(g, p)
-    torch._check(state1.dtype == torch.uint8, lambda: f"state1 must be uint8, got {state1.dtype}")
-    torch._check(qmap1.dtype == absmax1.dtype == torch.float32,
+    _require(state1.dtype == torch.uint8, lambda: f"state1 must be uint8, got {state1.dtype}")
+    _require(qmap1.dtype == absmax1.dtype == torch.float32,
                  lambda: f"Expected qmap1 and absmax1 to be float32, got qmap1.dtype={qmap1.dtype}, "
                  f"absmax1.dtype={absmax1.dtype}")
     if state2 is not None:
-        torch._check(state2.dtype == torch.uint8, lambda: f"state2 must be uint8, got {state2.dtype}")
-        torch._check(qmap2 is not None and absmax2 is not None, lambda: "state2 needs qmap2 and absmax2")
-        torch._check(qmap2.dtype == absmax2.dtype == torch.float32,
+        _require(state2.dtype == torch.uint8, lambda: f"state2 must be uint8, got {state2.dtype}")
+        _require(qmap2 is not None and absmax2 is not None, lambda: "state2 needs qmap2 and absmax2")
+        _require(qmap2.dtype == absmax2.dtype == torch.float32,
                      lambda: f"Expected qmap2 and absmax2 to be float32, got qmap2.dtype={qmap2.dtype}, "
                      f"absmax2.dtype={absmax2.dtype}")
 
