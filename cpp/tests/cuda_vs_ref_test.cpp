@@ -41,7 +41,12 @@ class DeviceBuffer {
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   uint8_t* at(size_t offset) const { return static_cast<uint8_t*>(p_) + offset; }
-  void poison() const { cuda_check(cudaMemset(p_, 0xFF, bytes_), "cudaMemset"); }
+  // cudaMemset runs on the legacy stream, asynchronously: finish it before a kernel on the test's
+  // non-blocking stream writes the buffer (else the poison may land after the kernel's output).
+  void poison() const {
+    cuda_check(cudaMemset(p_, 0xFF, bytes_), "cudaMemset");
+    cuda_check(cudaDeviceSynchronize(), "poison: cudaDeviceSynchronize");
+  }
 
  private:
   void* p_ = nullptr;

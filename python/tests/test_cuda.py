@@ -168,15 +168,25 @@ def test_layers_compile_with_torch_compile(layer_kind):
 # ---- past 2^31 elements ------------------------------------------------------------------------------
 
 
-def test_4bit_round_trip_past_2_31_elements():
-    n = (1 << 31) + 4096 + 130  # not a multiple of the blocksize either
+def test_4bit_past_2_31_elements_equals_the_cpu():
+    # The codes past element 2^31 (a linspace tail, not a multiple of the blocksize) are the CPU's,
+    # byte for byte; the dequantized values equal the CPU's within a bf16 rounding step (the nested
+    # absmax's mean may differ in its last bit: summed in another order). Comparisons give Python
+    # bools: a failing assert must not make pytest print a tensor of 2^31 elements.
+    n = (1 << 31) + 4096 + 130
     x = torch.empty(n, device="cuda", dtype=torch.bfloat16)
     x[: n - 1000].fill_(1.0)
     x[n - 1000:] = torch.linspace(-2, 2, 1000, device="cuda", dtype=torch.bfloat16)
     packed, state = F.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=True)
+    x_cpu = x.cpu()
+    del x
+    packed_cpu, state_cpu = F.quantize_4bit(x_cpu, blocksize=64, quant_type="nf4", compress_statistics=True)
+    del x_cpu
     assert packed.numel() == (n + 1) // 2
-    y = F.dequantize_4bit(packed, state)
+    same_codes = torch.equal(packed.cpu(), packed_cpu)
+    assert same_codes
+    y = F.dequantize_4bit(packed, state).cpu()
     del packed
-    tail_in, tail_out = x[n - 1000:].float(), y[n - 1000:].float()
-    assert bool((y[: n - 1000] == y[0]).all()) and abs(float(y[0]) - 1.0) < 1e-2
-    assert float((tail_out - tail_in).abs().max()) < 0.2
+    y_cpu = F.dequantize_4bit(packed_cpu, state_cpu)
+    close = torch.allclose(y, y_cpu, rtol=2**-7, atol=0.0)
+    assert close

@@ -193,6 +193,9 @@ if device == "cpu":
     op = torch.ops.bitsandbytes.quantize_blockwise.default
     outputs["lut"] = op(inputs["lut"], F.create_dynamic_map(), 256)
     keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+    # The reference registered its CPU kernel from Python; some torch versions (2.11) refuse a
+    # second one for the same key unless the first is forgotten (2.15 replaces it).
+    torch.library._impls.discard("bitsandbytes/quantize_blockwise/CPU")
     torch.library.register_kernel("bitsandbytes::quantize_blockwise", "cpu",
                                   lambda A, code, bs: op.redispatch(keys, A, code, bs))
 
