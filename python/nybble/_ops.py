@@ -78,10 +78,16 @@ for _name, _schema in _SCHEMAS.items():
 KERNEL_KEYS = ["CPU", "CUDA"] if _C.cuda_built() else ["CPU"]
 
 
+# The Python functions behind the ops (kernels and composites), for `call`.
+_IMPLS: dict = {}
+_EAGER_DEVICES = ("cpu", "cuda")
+
+
 def _kernel(name: str):
     def register(fn):
         for key in KERNEL_KEYS:
             _lib.impl(name, fn, key)
+        _IMPLS[name] = fn
         return fn
 
     return register
@@ -92,9 +98,23 @@ def _composite(name: str):
 
     def register(fn):
         _lib.impl(name, fn, "CompositeExplicitAutograd")
+        _IMPLS[name] = fn
         return fn
 
     return register
+
+
+def call(name: str, A: torch.Tensor, *args, **kwargs):
+    """``torch.ops.nybble.<name>(A, *args, **kwargs)``. In eager mode, for a plain CPU or CUDA
+    tensor A, the function the dispatcher would run, called directly: the dispatcher's round trip
+    into a Python kernel costs ~15-40 us a call, more than a small GEMV takes on a GPU. Under
+    torch.compile or tracing, inside a dispatch or function mode (fake tensors, meta devices) and
+    for tensor subclasses, the op itself."""
+    if (type(A) is torch.Tensor and A.device.type in _EAGER_DEVICES and not torch.compiler.is_compiling()
+            and not torch._C._is_tracing() and torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._is_torch_function_mode_enabled()):
+        return _IMPLS[name](A, *args, **kwargs)
+    return getattr(torch.ops.nybble, name).default(A, *args, **kwargs)
 
 
 def _fake(name: str):
@@ -452,9 +472,7 @@ def _(A, row_stats, col_stats, dtype=None, bias=None):
     return torch.empty_like(A, dtype=dtype or torch.float16)
 
 
-@_kernel("int8_mm_dequant")
-def _(A, row_stats, col_stats, dtype=None, bias=None):
-    _check_mm_dequant(A, row_stats, col_stats)
+def _int8_mm_dequant(A, row_stats, col_stats, dtype, bias):
     out = torch.empty(A.shape, device=A.device, dtype=dtype or torch.float16)
     N = A.shape[-1]
     _C.int8_mm_dequant(A.reshape(-1, N).contiguous(), row_stats.reshape(-1).contiguous(), col_stats.reshape(-1).contiguous(),
@@ -462,32 +480,49 @@ def _(A, row_stats, col_stats, dtype=None, bias=None):
     return out
 
 
-@_composite("int8_scaled_mm")
+@_kernel("int8_mm_dequant")
+def _(A, row_stats, col_stats, dtype=None, bias=None):
+    _check_mm_dequant(A, row_stats, col_stats)
+    return _int8_mm_dequant(A, row_stats, col_stats, dtype, bias)
+
+
+@_fake("int8_scaled_mm")
 def _(A, B, row_stats, col_stats, bias=None, dtype=None):
-    acc = torch.ops.nybble.int8_linear_matmul.default(A, B)
-    return torch.ops.nybble.int8_mm_dequant.default(acc, row_stats, col_stats, dtype=dtype or torch.float16, bias=bias)
+    _check_int8_matmul(A, B)
+    return torch.empty((*A.shape[:-1], B.shape[0]), device=A.device, dtype=dtype or torch.float16)
+
+
+# One op (not a composite of the two): an eager call pays one dispatcher round trip, not three.
+@_kernel("int8_scaled_mm")
+def _(A, B, row_stats, col_stats, bias=None, dtype=None):
+    _check_int8_matmul(A, B)
+    _check_dtype("row_stats", row_stats, torch.float32)
+    _check_dtype("col_stats", col_stats, torch.float32)
+    acc = torch.empty((*A.shape[:-1], B.shape[0]), device=A.device, dtype=torch.int32)
+    _int8_linear_matmul(A, B, acc)
+    return _int8_mm_dequant(acc, row_stats, col_stats, dtype, bias)
 
 
 @_composite("int8_mixed_scaled_mm")
 def _(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
-    out = torch.ops.nybble.int8_scaled_mm.default(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype)
+    out = call("int8_scaled_mm", CA, CB, SCA, SCB, bias=bias, dtype=A.dtype)
     if outlier_cols is None or outlier_cols.numel() == 0:
         return out, torch.empty(0, device=A.device, dtype=A.dtype)
     # Outlier columns in the input's precision against the dequantized int8 weight columns (§2.1).
     subA = A[..., outlier_cols].contiguous()
-    subB = torch.ops.nybble.int8_vectorwise_dequant.default(CB[:, outlier_cols].contiguous(), SCB).to(A.dtype)
+    subB = call("int8_vectorwise_dequant", CB[:, outlier_cols].contiguous(), SCB).to(A.dtype)
     out.view(-1, out.shape[-1]).addmm_(subA.view(-1, subA.shape[-1]), subB.t())
     return out, subA
 
 
 @_composite("int8_double_quant")
 def _(A, threshold=0.0):
-    CA, row_stats, outlier_cols = torch.ops.nybble.int8_vectorwise_quant.default(A, threshold)
+    CA, row_stats, outlier_cols = call("int8_vectorwise_quant", A, threshold)
     # Column-wise: quantize the transpose row-wise (outliers zeroed first), then transpose back.
     At = A.reshape(-1, A.shape[-1])
     if outlier_cols is not None and threshold > 0.0:
         At = torch.where(At.abs() >= threshold, torch.zeros((), dtype=At.dtype, device=At.device), At)
-    CAt, col_stats, _ = torch.ops.nybble.int8_vectorwise_quant.default(At.t().contiguous(), 0.0)
+    CAt, col_stats, _ = call("int8_vectorwise_quant", At.t().contiguous(), 0.0)
     return CA, CAt.t().reshape(A.shape), row_stats, col_stats, outlier_cols
 
 

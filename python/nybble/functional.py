@@ -29,6 +29,7 @@ from typing_extensions import deprecated
 
 from . import _C
 from . import _ops  # noqa: F401  (registers torch.ops.nybble.*)
+from .autograd._functions import gemm_4bit as _gemm_4bit
 from .utils import pack_dict_to_tensor, unpack_tensor_to_dict
 
 # The reference exposes its ctypes library here; nybble's native module takes its place.
@@ -804,12 +805,15 @@ def gemv_4bit(A: Tensor, B: Tensor, out: Optional[Tensor] = None, transposed_A=F
         raise ValueError("state cannot be None. gemv_4bit() requires the state from quantize_4bit()")
     _check_tensor("gemv_4bit", "A", A)
     _check_tensor("gemv_4bit", "B", B)
-    absmax = _dequantize_absmax(state) if state.nested else state.absmax
-    shape = list(state.shape)
-    if out is not None:
-        torch.ops.nybble.gemv_4bit.out(A, B, shape, absmax, state.code, state.blocksize, out=out)
-        return out
-    return torch.ops.nybble.gemv_4bit.default(A, B, shape, absmax, state.code, state.blocksize)
+    # The fused op with the state's quant type and nested scales as they are: the gemv_4bit op
+    # would read the type from the code table (a host sync on the GPU) after a separate pass
+    # dequantizing a nested absmax.
+    result = _gemm_4bit(A, B, state)
+    if out is None:
+        return result
+    if out.shape != result.shape:
+        raise ValueError(f"gemv_4bit: out has shape {list(out.shape)}, the result {list(result.shape)}")
+    return out.copy_(result)
 
 
 # ---- LLM.int8 ------------------------------------------------------------------------------------

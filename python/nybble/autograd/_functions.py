@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, ClassVar, Optional
 
 import torch
 
+from .. import _ops
+
 if TYPE_CHECKING:
     from ..functional import QuantState
 
@@ -129,13 +131,13 @@ def _int8_weight(B: torch.Tensor, state: MatmulLtState) -> None:
     has_grad = getattr(B, "grad", None) is not None
     if (state.is_training and not has_grad) or state.CB is None or state.SCB is None:
         state.reset_grads()
-        state.CB, state.SCB, _ = torch.ops.nybble.int8_vectorwise_quant.default(B.detach(), 0.0)
+        state.CB, state.SCB, _ = _ops.call("int8_vectorwise_quant", B.detach(), 0.0)
 
 
 def _int8_weight_dequantized(state: MatmulLtState, dtype: torch.dtype) -> torch.Tensor:
     if state.CB is None or state.SCB is None:
         raise RuntimeError("State must contain CB matrix for backward")
-    return torch.ops.nybble.int8_vectorwise_dequant.default(state.CB, state.SCB).to(dtype)
+    return _ops.call("int8_vectorwise_dequant", state.CB, state.SCB).to(dtype)
 
 
 def _empty_output(A: torch.Tensor, n_out: int) -> torch.Tensor:
@@ -170,9 +172,9 @@ class MatMul8bitLt(torch.autograd.Function):
         A2 = A if A.dim() == 2 else A.reshape(-1, A.shape[-1])
         if ctx.needs_input_grad[1]:
             # Deprecated trainable int8 weight: the weight gradient needs A quantized column-wise too.
-            CA, CAt, SCA, SCAt, outlier_cols = torch.ops.nybble.int8_double_quant.default(A2, float(state.threshold))
+            CA, CAt, SCA, SCAt, outlier_cols = _ops.call("int8_double_quant", A2, float(state.threshold))
         else:
-            CA, SCA, outlier_cols = torch.ops.nybble.int8_vectorwise_quant.default(A2, float(state.threshold))
+            CA, SCA, outlier_cols = _ops.call("int8_vectorwise_quant", A2, float(state.threshold))
             CAt = SCAt = None
 
         _int8_weight(B, state)
@@ -182,11 +184,11 @@ class MatMul8bitLt(torch.autograd.Function):
         subA = None
         if state.threshold > 0.0:
             state.idx = outlier_cols
-            output, subA = torch.ops.nybble.int8_mixed_scaled_mm.default(
-                A2, CA, state.CB, SCA, state.SCB, outlier_cols, bias
+            output, subA = _ops.call(
+                "int8_mixed_scaled_mm", A2, CA, state.CB, SCA, state.SCB, outlier_cols, bias
             )
         else:
-            output = torch.ops.nybble.int8_scaled_mm.default(CA, state.CB, SCA, state.SCB, bias=bias, dtype=A.dtype)
+            output = _ops.call("int8_scaled_mm", CA, state.CB, SCA, state.SCB, bias=bias, dtype=A.dtype)
 
         ctx.state = state
         ctx.grad_shape = input_shape
@@ -215,9 +217,9 @@ class MatMul8bitLt(torch.autograd.Function):
             CAt, subA, SCAt, idx = ctx.tensors
             # grad_B [N, K] = grad^T @ A: both operands quantized column-wise, so the int8 GEMM of
             # their transposes has one scale per output row (SCgradt) and per output column (SCAt).
-            _, Cgradt, _, SCgradt, _ = torch.ops.nybble.int8_double_quant.default(grad2.contiguous(), 0.0)
-            grad_B = torch.ops.nybble.int8_scaled_mm.default(
-                Cgradt.t().contiguous(), CAt.t().contiguous(), SCgradt, SCAt, dtype=grad_output.dtype
+            _, Cgradt, _, SCgradt, _ = _ops.call("int8_double_quant", grad2.contiguous(), 0.0)
+            grad_B = _ops.call(
+                "int8_scaled_mm", Cgradt.t().contiguous(), CAt.t().contiguous(), SCgradt, SCAt, dtype=grad_output.dtype
             )
             if subA is not None and subA.numel() > 0:
                 grad_B[:, idx] += grad2.t().to(subA.dtype) @ subA
@@ -301,8 +303,8 @@ def _nested_args(quant_state: QuantState):
 def gemm_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, bias=None) -> torch.Tensor:
     """``A @ dequant(B).T + bias`` through the fused op; B is the packed weight in any view."""
     absmax, absmax_8bit, code, offset = _nested_args(quant_state)
-    return torch.ops.nybble.gemm_4bit.default(
-        A, B.view(-1, 1), quant_state.shape, absmax, quant_state.blocksize, quant_state.quant_type,
+    return _ops.call(
+        "gemm_4bit", A, B.view(-1, 1), quant_state.shape, absmax, quant_state.blocksize, quant_state.quant_type,
         bias, absmax_8bit, code, offset,
     )
 
@@ -310,8 +312,8 @@ def gemm_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, bias=No
 def dequantize_4bit(B: torch.Tensor, quant_state: QuantState, dtype: torch.dtype) -> torch.Tensor:
     """The weight [N, K] of packed B, decoded straight into ``dtype``."""
     absmax, absmax_8bit, code, offset = _nested_args(quant_state)
-    return torch.ops.nybble.dequantize_4bit.default(
-        B, absmax, quant_state.blocksize, quant_state.quant_type, list(quant_state.shape), dtype,
+    return _ops.call(
+        "dequantize_4bit", B, absmax, quant_state.blocksize, quant_state.quant_type, list(quant_state.shape), dtype,
         absmax_8bit, code, offset,
     )
 
