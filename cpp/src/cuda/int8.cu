@@ -2,11 +2,19 @@
 // bit for bit: row-wise int8 quantization with an outlier threshold, its dequantization, and the
 // dequantization of an int32 matmul result.
 //
-// int8_quant_rows_kernel: one CTA per row (threads ~ cols / 8, 32..1024). It reads the row with
-//   16-byte loads, takes the NaN-ignoring max |x| over non-outliers and flags outlier columns in
-//   outlier_cols, then writes round_half_even((x * 127) / row_stat) with the IEEE division of the
-//   oracle, 8 codes a store. Rows up to 32 Ki elements stay in registers in between (one read);
-//   longer rows are read again (mostly from L2).
+// int8_quant_rows_kernel (rows of a multiple of 8 columns, aligned, up to 64 Ki elements of a
+//   2-byte type or 32 Ki of fp32): one CTA per row at a time, of the fewest threads (32..1024)
+//   that hold the row in registers at 128 input bytes a thread, as loaded (eight 16-byte loads,
+//   all sent before any is used; values are unpacked where used). It takes the NaN-ignoring max
+//   |x| over non-outliers and flags outlier columns in outlier_cols, then writes
+//   round_half_even((x * 127) / row_stat) as the oracle does, with one IEEE division per row
+//   (Note [Int8 codes] in cuda/codebook.hpp), 8 codes a store. Small CTAs (256 threads for 16 Ki
+//   columns, 4 resident per multiprocessor at 64 registers a thread) keep up to 128 KiB of loads
+//   in flight per multiprocessor, and while one CTA reduces or stores, the others' loads are out
+//   (a single resident CTA of 1024 threads would leave the memory idle while it computes). The
+//   grid is a CTA per row.
+// int8_quant_long_rows_kernel: every other row; one CTA of up to 1024 threads per row, reading
+//   the row twice (max, then codes; the second pass mostly from L2).
 //   Bytes moved: rows * cols * (sizeof(T) + 1) + 4 per row.
 // zero_outlier_columns_kernel (threshold > 0 and rows > 1): §2.1's "every column holding an
 //   outlier is zeroed": a thread takes 16 columns and kZeroRows rows, and leaves at once when none
@@ -20,6 +28,7 @@
 #include <algorithm>
 
 #include "cuda/backend.hpp"
+#include "cuda/codebook.hpp"
 #include "cuda/elem.cuh"
 #include "cuda/launch.cuh"
 
@@ -27,16 +36,10 @@ namespace nybble::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kRowBytes = 128;  // input bytes of its row a thread of int8_quant_rows_kernel holds
+constexpr int kMaxRowThreads = 1024;
 constexpr int kZeroCols = 16;  // columns per thread of zero_outlier_columns_kernel
 constexpr int kZeroRows = 64;  // rows per thread of zero_outlier_columns_kernel
-
-// cpu::ref::int8_quantize_value: the product x * 127 rounded, then the IEEE quotient, clamped to
-// [-127, 127] (it can exceed 127 by an ulp), rounded half to even; NaN (0/0, NaN input) -> 0.
-__device__ __forceinline__ int8_t int8_quantize_value(float x, float row_stat) {
-  const float v = __fdiv_rn(__fmul_rn(x, 127.0f), row_stat);
-  if (isnan(v)) return 0;
-  return static_cast<int8_t>(__float2int_rn(fminf(fmaxf(v, -127.0f), 127.0f)));
-}
 
 // Max over the CTA of every thread's m (all threads call it; red holds 32 floats).
 __device__ float block_absmax(float m, float* red) {
@@ -49,76 +52,132 @@ __device__ float block_absmax(float m, float* red) {
   return m;
 }
 
-// Quantizes v (elements c .. c + 7 of a row) with the row's statistic and stores the codes.
-template <int N>
-__device__ __forceinline__ void store_row_codes(int8_t* q, int64_t c, int64_t cols, const float (&v)[N], float m,
-                                                bool split, float threshold, bool vec_ca) {
+// The codes of v (8 elements of a row) with the row's statistic m, y = 1 / m (Note [Int8 codes]),
+// element j in byte j: without divisions, unless one of them needs it (rarely; then all of them
+// take the division, a branch per run rather than per element).
+template <bool kSplit>
+__device__ __forceinline__ uint2 run_codes(const float (&v)[8], float m, float y, float threshold) {
   uint32_t w[2] = {0, 0};
+  bool ok = true;
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const int8_t code = split && fabsf(v[j]) >= threshold ? int8_t{0} : int8_quantize_value(v[j], m);
-    w[j / 4] |= uint32_t{static_cast<uint8_t>(code)} << (8 * (j % 4));
+  for (int j = 0; j < 8; ++j)
+    if (!kSplit || !(fabsf(v[j]) >= threshold)) w[j / 4] |= int8_code_fast(v[j], y, ok) << (8 * (j % 4));  // outliers: 0
+  if (!ok) {
+    w[0] = w[1] = 0;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      if (!kSplit || !(fabsf(v[j]) >= threshold)) w[j / 4] |= int8_code_exact(v[j], m) << (8 * (j % 4));
   }
-  const int valid = cols - c >= 8 ? 8 : static_cast<int>(cols - c);
-  if (vec_ca && valid == 8) {
-    *reinterpret_cast<uint2*>(q + c) = make_uint2(w[0], w[1]);
-  } else {
-    for (int j = 0; j < valid; ++j) q[c + j] = static_cast<int8_t>(w[j / 4] >> (8 * (j % 4)));
-  }
+  return make_uint2(w[0], w[1]);
 }
 
-// Max |x| over a run's non-outliers; flags outlier columns (every writer stores 1).
-__device__ __forceinline__ float run_absmax(const float (&v)[8], int64_t c, int64_t cols, bool split, float threshold,
-                                            uint8_t* outlier_cols, float m) {
-  const int valid = cols - c >= 8 ? 8 : (cols > c ? static_cast<int>(cols - c) : 0);
+// Max |x| over a run's non-outliers; flags outlier columns (every writer stores 1). Elements past
+// cols must be 0: below any threshold, and no max takes them.
+template <bool kSplit>
+__device__ __forceinline__ float run_absmax(const float (&v)[8], int64_t c, float threshold, uint8_t* outlier_cols,
+                                            float m) {
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    if (j >= valid) continue;
-    if (split && fabsf(v[j]) >= threshold) outlier_cols[c + j] = 1;
+    if (kSplit && fabsf(v[j]) >= threshold) outlier_cols[c + j] = 1;
     else m = absmax_step(m, v[j]);
   }
   return m;
 }
 
-// kRuns > 0: the row fits in kRuns runs of 8 elements per thread and stays in registers between
-// the max and the codes (A is read once, all its loads in flight together). kRuns == 0: longer
-// rows, read twice (the second pass mostly from L2).
-template <DType T, int kRuns>
-__global__ void __launch_bounds__(1024) int8_quant_rows_kernel(const storage_t<T>* __restrict__ A, int64_t rows, int64_t cols, float threshold,
-                                       int8_t* __restrict__ CA, float* __restrict__ row_stats,
-                                       uint8_t* __restrict__ outlier_cols, bool vec_a, bool vec_ca) {
+// A run of 8 elements as loaded: one 16-byte load of a 2-byte type, two of fp32.
+template <DType T>
+struct RowRun {
+  uint4 q[sizeof(storage_t<T>) / 2];
+};
+
+__device__ __forceinline__ uint32_t word_of(const uint4& u, int k) { return k == 0 ? u.x : k == 1 ? u.y : k == 2 ? u.z : u.w; }
+
+template <DType T>
+__device__ __forceinline__ void unpack_run(const RowRun<T>& run, float (&v)[8]) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    if constexpr (T == DType::F32) {
+      v[j] = __uint_as_float(word_of(run.q[j / 4], j % 4));
+    } else {
+      const uint32_t w = word_of(run.q[0], j / 2);
+      v[j] = Elem<T>::from_bits(j % 2 ? w >> 16 : w & 0xFFFFu);  // little endian: element 2j is the low half
+    }
+  }
+}
+
+// Rows of cols % 8 == 0 elements, A 16-byte and CA 8-byte aligned, cols <= blockDim.x * 8 * kRuns:
+// thread t holds runs t, t + blockDim.x, ... (8 elements each) of its row in registers between
+// the max and the codes. Runs past cols are zeros.
+template <DType T, bool kSplit>
+__global__ void __launch_bounds__(kMaxRowThreads) int8_quant_rows_kernel(const storage_t<T>* __restrict__ A, int64_t rows,
+                                                                         int64_t cols, float threshold,
+                                                                         int8_t* __restrict__ CA, float* __restrict__ row_stats,
+                                                                         uint8_t* __restrict__ outlier_cols) {
+  constexpr int kRuns = kRowBytes / (8 * static_cast<int>(sizeof(storage_t<T>)));
   __shared__ float red[32];
-  const bool split = threshold > 0.0f;
   const int64_t step = int64_t{blockDim.x} * 8;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const storage_t<T>* a = A + r * cols;
-    int8_t* q = CA + r * cols;
+    RowRun<T> run[kRuns];
+#pragma unroll
+    for (int k = 0; k < kRuns; ++k) {  // all loads out before the first use
+      const int64_t c = k * step + int64_t{threadIdx.x} * 8;
+#pragma unroll
+      for (uint4& q : run[k].q) q = make_uint4(0, 0, 0, 0);
+      if (c < cols)
+#pragma unroll
+        for (int h = 0; h < static_cast<int>(sizeof(storage_t<T>)) / 2; ++h) run[k].q[h] = reinterpret_cast<const uint4*>(a + c)[h];
+    }
     float m = 0.0f;
-    if constexpr (kRuns > 0) {
-      float v[kRuns][8];
 #pragma unroll
-      for (int k = 0; k < kRuns; ++k) load8<T>(a, k * step + int64_t{threadIdx.x} * 8, cols, vec_a, v[k]);
+    for (int k = 0; k < kRuns; ++k) {
+      float v[8];
+      unpack_run<T>(run[k], v);
+      m = run_absmax<kSplit>(v, k * step + int64_t{threadIdx.x} * 8, threshold, outlier_cols, m);
+    }
+    m = block_absmax(m, red);
+    if (threadIdx.x == 0) row_stats[r] = m;
+    const float y = __fdiv_rn(1.0f, m);
 #pragma unroll
-      for (int k = 0; k < kRuns; ++k) m = run_absmax(v[k], k * step + int64_t{threadIdx.x} * 8, cols, split, threshold, outlier_cols, m);
-      m = block_absmax(m, red);
-      if (threadIdx.x == 0) row_stats[r] = m;
-#pragma unroll
-      for (int k = 0; k < kRuns; ++k) {
-        const int64_t c = k * step + int64_t{threadIdx.x} * 8;
-        if (c < cols) store_row_codes(q, c, cols, v[k], m, split, threshold, vec_ca);
-      }
-    } else {
-      for (int64_t c = int64_t{threadIdx.x} * 8; c < cols; c += step) {
-        float v[8];
-        load8<T>(a, c, cols, vec_a, v);
-        m = run_absmax(v, c, cols, split, threshold, outlier_cols, m);
-      }
-      m = block_absmax(m, red);
-      if (threadIdx.x == 0) row_stats[r] = m;
-      for (int64_t c = int64_t{threadIdx.x} * 8; c < cols; c += step) {
-        float v[8];
-        load8<T>(a, c, cols, vec_a, v);
-        store_row_codes(q, c, cols, v, m, split, threshold, vec_ca);
+    for (int k = 0; k < kRuns; ++k) {
+      const int64_t c = k * step + int64_t{threadIdx.x} * 8;
+      if (c >= cols) continue;
+      float v[8];
+      unpack_run<T>(run[k], v);
+      *reinterpret_cast<uint2*>(CA + r * cols + c) = run_codes<kSplit>(v, m, y, threshold);
+    }
+  }
+}
+
+// Any rows: two passes over the row (the second mostly from L2); vec_a as for load8.
+template <DType T, bool kSplit>
+__global__ void __launch_bounds__(kMaxRowThreads) int8_quant_long_rows_kernel(const storage_t<T>* __restrict__ A, int64_t rows,
+                                                                              int64_t cols, float threshold,
+                                                                              int8_t* __restrict__ CA, float* __restrict__ row_stats,
+                                                                              uint8_t* __restrict__ outlier_cols, bool vec_a,
+                                                                              bool vec_ca) {
+  __shared__ float red[32];
+  const int64_t step = int64_t{blockDim.x} * 8;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const storage_t<T>* a = A + r * cols;
+    float m = 0.0f;
+    for (int64_t c = int64_t{threadIdx.x} * 8; c < cols; c += step) {
+      float v[8];
+      load8<T>(a, c, cols, vec_a, v);
+      m = run_absmax<kSplit>(v, c, threshold, outlier_cols, m);
+    }
+    m = block_absmax(m, red);
+    if (threadIdx.x == 0) row_stats[r] = m;
+    const float y = __fdiv_rn(1.0f, m);
+    int8_t* q = CA + r * cols;
+    for (int64_t c = int64_t{threadIdx.x} * 8; c < cols; c += step) {
+      float v[8];
+      load8<T>(a, c, cols, vec_a, v);
+      const uint2 w = run_codes<kSplit>(v, m, y, threshold);
+      if (vec_ca && c + 8 <= cols) {
+        *reinterpret_cast<uint2*>(q + c) = w;
+      } else {
+        for (int j = 0; j < 8 && c + j < cols; ++j) q[c + j] = static_cast<int8_t>((j < 4 ? w.x : w.y) >> (8 * (j % 4)));
       }
     }
   }
@@ -214,11 +273,32 @@ __global__ void int8_mm_dequant_kernel(const int32_t* __restrict__ acc, const fl
   }
 }
 
-// Threads for one row of `cols` elements: about one 8-element run each, a power of two in [32, 1024].
-int row_threads(int64_t cols) {
+// Threads for one row of `cols` elements at `per_thread` elements a thread: the fewest, a power of
+// two in [32, 1024].
+int row_threads(int64_t cols, int64_t per_thread) {
   int t = 32;
-  while (t < 1024 && int64_t{t} * 8 < cols) t *= 2;
+  while (t < kMaxRowThreads && int64_t{t} * per_thread < cols) t *= 2;
   return t;
+}
+
+template <DType T, bool kSplit>
+void launch_quant_rows(const Call& call, const TensorView& A, int64_t rows, int64_t cols, float threshold,
+                       const TensorView& CA, const TensorView& row_stats, uint8_t* outlier_cols) {
+  constexpr int64_t kPerThread = kRowBytes / static_cast<int64_t>(sizeof(storage_t<T>));
+  const auto* a = static_cast<const storage_t<T>*>(A.data);
+  const bool vec_rows = cols % 8 == 0;  // every row starts on a 16-byte (A) / 8-byte (CA) boundary
+  const bool vec_a = vec_rows && aligned(A.data, 16), vec_ca = vec_rows && aligned(CA.data, 8);
+  // A CTA per row (the per-multiprocessor cap only bounds the grid; the kernels loop).
+  const unsigned grid = call.grid(rows, 1, 1 << 16);
+  if (vec_a && vec_ca && cols <= kMaxRowThreads * kPerThread) {
+    int8_quant_rows_kernel<T, kSplit><<<grid, row_threads(cols, kPerThread), 0, call.stream()>>>(
+        a, rows, cols, threshold, CA.ptr<int8_t>(), row_stats.ptr<float>(), outlier_cols);
+    call.check_launch("int8_quant_rows_kernel");
+  } else {
+    int8_quant_long_rows_kernel<T, kSplit><<<grid, row_threads(cols, 8), 0, call.stream()>>>(
+        a, rows, cols, threshold, CA.ptr<int8_t>(), row_stats.ptr<float>(), outlier_cols, vec_a, vec_ca);
+    call.check_launch("int8_quant_long_rows_kernel");
+  }
 }
 
 }  // namespace
@@ -232,21 +312,12 @@ void int8_vectorwise_quant(const TensorView& A, float threshold, const TensorVie
     call.check(cudaMemsetAsync(outlier_cols->data, 0, static_cast<size_t>(cols), call.stream()), "cudaMemsetAsync");
   if (rows == 0) return;
   const bool split = threshold > 0.0f;
-  const int threads = row_threads(cols);
-  const bool vec_rows = cols % 8 == 0;  // every row starts on a 16-byte (A) / 8-byte (CA) boundary
   dispatch_float(A.dtype, [&](auto t) {
     constexpr DType T = decltype(t)::value;
-    const int64_t runs = ceil_div(cols, int64_t{threads} * 8);
-    const auto launch = [&](auto kernel) {
-      kernel<<<call.grid(rows, 1), threads, 0, call.stream()>>>(
-          static_cast<const storage_t<T>*>(A.data), rows, cols, threshold, CA.ptr<int8_t>(), row_stats.ptr<float>(),
-          split ? outlier_cols->ptr<uint8_t>() : nullptr, vec_rows && aligned(A.data, 16), vec_rows && aligned(CA.data, 8));
-      call.check_launch("int8_quant_rows_kernel");
-    };
-    if (runs <= 1) launch(int8_quant_rows_kernel<T, 1>);
-    else if (runs <= 2) launch(int8_quant_rows_kernel<T, 2>);
-    else if (runs <= 4) launch(int8_quant_rows_kernel<T, 4>);
-    else launch(int8_quant_rows_kernel<T, 0>);
+    if (split)
+      launch_quant_rows<T, true>(call, A, rows, cols, threshold, CA, row_stats, outlier_cols->ptr<uint8_t>());
+    else
+      launch_quant_rows<T, false>(call, A, rows, cols, threshold, CA, row_stats, nullptr);
   });
   if (split && rows > 1) {
     const int64_t items = ceil_div(cols, kZeroCols) * ceil_div(rows, kZeroRows);

@@ -8,11 +8,16 @@
 // q[2j+1], an odd tail padded with the code of 0.0.
 //
 // Kernels:
-// - quantize_blocks_kernel: blocksize a power of two from 8 to 4096 (every 4-bit blocksize, the
-//   usual 8-bit ones). Each thread holds 8 consecutive elements in registers,
-//   read with 16-byte loads; the bs/8 threads of a block reduce the absmax with shuffles (through
-//   shared memory when a block spans several warps), then each thread quantizes its elements and
-//   writes 4 (4-bit) or 8 (8-bit) bytes at once. Every element is read once.
+// - quantize_blocks_kernel: blocksize a power of two from 16 (8 for fp32) to 4096 (every 4-bit
+//   blocksize, the usual 8-bit ones). A thread's tile is 32 bytes of consecutive elements (16 of
+//   a 2-byte type, 8 of fp32), read with two 16-byte loads; the bs/16 (bs/8) threads of a block
+//   reduce the absmax with shuffles (through shared memory when a block spans several warps),
+//   then each thread quantizes its elements and writes 8 or 4 (4-bit), 16 or 8 (8-bit) bytes at
+//   once. Every element is read once. Each thread has the loads of its next tile in flight while
+//   it quantizes the current one (two tiles in registers, as loaded), and the grid is what is
+//   resident (kResidentThreads a multiprocessor): 40 KiB of loads always in flight per
+//   multiprocessor. A 4-bit code takes one 32-bit shared-memory read and eight other
+//   instructions (Note [Bucket tables]).
 // - quantize_8bit_warp_kernel: any other 8-bit blocksize. One warp per block, two passes over it
 //   (max, then codes); the second pass mostly hits L1/L2. Correctness path for unusual sizes.
 //
@@ -32,9 +37,20 @@
 namespace nybble::cuda {
 namespace {
 
-constexpr int kThreads = 256;  // per CTA, unless one block needs more (bs 4096: 512 threads)
-constexpr int kPerThread = 8;  // elements per thread and tile: one 16-byte load of a 2-byte type
-constexpr int kTablesPerSm = 6;  // CTAs per multiprocessor of the 4-bit grid (32 KiB of table each)
+constexpr int kThreads = 256;  // per CTA, unless one block needs more (fp32 bs 4096: 512 threads)
+constexpr int kTileBytes = 32;  // input bytes per thread and tile: two 16-byte loads
+// Threads of quantize_blocks_kernel resident on a multiprocessor: its grid is exactly this many,
+// so each CTA builds its table once and no second, partial wave of CTAs runs with the
+// multiprocessors half idle. Its launch bounds make them fit: 5 CTAs of 256 threads (at most 48
+// registers a thread, 16.5 KiB of shared memory a CTA), or for fp32, whose CTAs reach 512
+// threads, 40 registers.
+constexpr int kResidentThreads = 1280;
+
+// Elements per thread and tile: 16 of a 2-byte type, 8 of fp32.
+template <DType T>
+inline constexpr int kPer = kTileBytes / static_cast<int>(sizeof(storage_t<T>));
+template <DType T>
+inline constexpr int kMaxThreads = 4096 / kPer<T> > kThreads ? 4096 / kPer<T> : kThreads;
 
 // Where an 8-bit kernel reads its map from: a device tensor, or the kernel's parameters (the
 // signed dynamic map of nested quantization, which then needs no device copy).
@@ -62,10 +78,57 @@ __device__ void load_code8(Code8Shared& s, const Code& code) {
   __syncthreads();
 }
 
-// The absmax of the bs/8-thread group this thread belongs to (groups are aligned: thread t is in
-// group t / group). Every thread of the CTA must call it (it holds barriers for groups > 32).
+// A thread's tile as loaded: its storage bits, two elements a word (2-byte types) or one (fp32).
+// The kernel loads the next tile into one before it quantizes the current one, and unpacks the
+// values only when it uses them, so a load stays in flight for a whole tile's work.
+struct RawTile {
+  uint32_t w[kTileBytes / 4];
+};
+
+template <DType T>
+__device__ __forceinline__ uint32_t storage_bits(storage_t<T> s) {
+  if constexpr (T == DType::F32) return __float_as_uint(s);
+  else return s;
+}
+
+// Elements [i, i + kPer<T>), 0 past n; whole: all of them below n, p 16-byte aligned and i a
+// multiple of kPer<T> (two 16-byte loads).
+template <DType T>
+__device__ __forceinline__ void load_tile(const storage_t<T>* p, int64_t i, int64_t n, bool whole, RawTile& t) {
+  constexpr int kPerWord = kPer<T> / (kTileBytes / 4);
+  if (whole) {
+#pragma unroll
+    for (int h = 0; h < kTileBytes / 16; ++h) {
+      const uint4 u = reinterpret_cast<const uint4*>(p + i)[h];
+      t.w[4 * h] = u.x, t.w[4 * h + 1] = u.y, t.w[4 * h + 2] = u.z, t.w[4 * h + 3] = u.w;
+    }
+    return;
+  }
+#pragma unroll
+  for (uint32_t& w : t.w) w = 0;
+#pragma unroll
+  for (int j = 0; j < kPer<T>; ++j)
+    if (i + j < n) t.w[j / kPerWord] |= storage_bits<T>(p[i + j]) << (32 / kPerWord * (j % kPerWord));
+}
+
+template <DType T>
+__device__ __forceinline__ float unpack(const RawTile& t, int j) {
+  if constexpr (T == DType::F32) return __uint_as_float(t.w[j]);
+  else return Elem<T>::from_bits(j % 2 ? t.w[j / 2] >> 16 : t.w[j / 2] & 0xFFFFu);  // element 2j: the low half
+}
+
+// The absmax of the group of threads (a power of two) this thread belongs to (groups are aligned:
+// thread t is in group t / group). Every thread of the CTA must call it (it holds barriers for
+// groups > 32).
 __device__ float group_absmax(float m, int group, float* red) {
-  if (group <= 32) return warp_max(m, group);
+  if (group <= 32) {
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {
+      if (o >= group) break;  // uniform
+      m = absmax_step(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
+    }
+    return m;
+  }
   m = warp_max(m);
   const int warp = threadIdx.x / 32, first = (threadIdx.x / group) * (group / 32);
   __syncthreads();  // red is free: the previous round's readers are done
@@ -76,75 +139,102 @@ __device__ float group_absmax(float m, int group, float* red) {
   return m;
 }
 
-// 4-bit or 8-bit (Bits) quantization of blocks of 2^log2_bs elements, 8 <= bs <= 4096.
+// Stores the first `bytes` bytes of w to dst: as kWords words at once when vec (dst aligned to
+// them, bytes = all of them), else byte by byte (unrolled: w stays in registers).
+template <int kWords>
+__device__ __forceinline__ void store_bytes(uint8_t* dst, const uint32_t (&w)[kWords], int bytes, bool vec) {
+  if (vec) {
+    if constexpr (kWords == 1) *reinterpret_cast<uint32_t*>(dst) = w[0];
+    else if constexpr (kWords == 2) *reinterpret_cast<uint2*>(dst) = make_uint2(w[0], w[1]);
+    else *reinterpret_cast<uint4*>(dst) = make_uint4(w[0], w[1], w[2], w[3]);
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < 4 * kWords; ++j)
+    if (j < bytes) dst[j] = static_cast<uint8_t>(w[j / 4] >> (8 * (j % 4)));
+}
+
+// 4-bit or 8-bit (Bits) quantization of blocks of 2^log2_bs elements, kPer<T> <= bs <= 4096.
 // kCentered: quantize x - offset (nested quantization of an absmax; offset from *offset_ptr when
-// given). Out: packed bytes (4-bit) or codes (8-bit); vec_out: out allows 4-/8-byte stores.
+// given). Out: packed bytes (4-bit) or codes (8-bit); vec_out: out is aligned for a thread's
+// whole output (kPer/2 or kPer bytes) at once.
 // 4-bit codes come from the bucket table (Note [Bucket tables]) that each CTA builds in shared
-// memory (32 KiB; the grid is about what is resident, so each CTA builds it once); 8-bit codes
-// from the search tree of the map.
+// memory (16 KiB); 8-bit codes from the search tree of the map.
 template <DType T, int Bits, QuantType QT, class Code, bool kCentered>
-__global__ void quantize_blocks_kernel(const storage_t<T>* __restrict__ x, int64_t n, int log2_bs, Code4Tables t4,
-                                       Code code8, const float* offset_ptr, float offset, uint8_t* __restrict__ out,
-                                       float* __restrict__ absmax, bool vec_x, bool vec_out) {
-  constexpr size_t kTableBytes = Bits == 4 ? sizeof(Bucket) * kBuckets : sizeof(Code8Shared);
+__global__ void __launch_bounds__(kMaxThreads<T>, (kResidentThreads + kMaxThreads<T> - 1) / kMaxThreads<T>)
+    quantize_blocks_kernel(const storage_t<T>* __restrict__ x, int64_t n, int log2_bs, Code4Tables t4, Code code8,
+                           const float* offset_ptr, float offset, uint8_t* __restrict__ out,
+                           float* __restrict__ absmax, bool vec_x, bool vec_out) {
+  constexpr int kN = kPer<T>;
+  constexpr size_t kTableBytes = Bits == 4 ? sizeof(uint32_t) * kBuckets : sizeof(Code8Shared);
   __shared__ alignas(16) unsigned char table[kTableBytes];
   __shared__ float red[32];
-  const auto* buckets = reinterpret_cast<const Bucket*>(table);
+  const auto* buckets = reinterpret_cast<const uint32_t*>(table);
   const auto* t8 = reinterpret_cast<const Code8Shared*>(table);
   if constexpr (Bits == 4) {
-    const uint32_t used = QT == QuantType::NF4 ? kBuckets : kBuckets / 2;  // FP4 looks up |x| only
-    for (uint32_t k = threadIdx.x; k < used; k += blockDim.x)
-      reinterpret_cast<Bucket*>(table)[k] = make_bucket(t4.thresholds, t4.nthresholds, k);
+    for (uint32_t k = threadIdx.x; k < kBuckets; k += blockDim.x)
+      reinterpret_cast<uint32_t*>(table)[k] = make_bucket<QT>(t4.thresholds, k);
     __syncthreads();
   } else {
     load_code8(*reinterpret_cast<Code8Shared*>(table), code8);
   }
   float off = 0.0f;
   if constexpr (kCentered) off = offset_ptr != nullptr ? *offset_ptr : offset;
-  const int group = (1 << log2_bs) / kPerThread;
-  const int64_t per_tile = int64_t{blockDim.x} * kPerThread;
-  const int64_t tiles = ceil_div(n, per_tile);
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int64_t i = tile * per_tile + int64_t{threadIdx.x} * kPerThread;
-    const int valid = n - i >= kPerThread ? kPerThread : (n > i ? static_cast<int>(n - i) : 0);  // elements below n
-    float v[kPerThread];
-    load8<T>(x, i, n, vec_x, v);
+  const int group = (1 << log2_bs) / kN;
+  const int64_t per_tile = int64_t{blockDim.x} * kN, stride = int64_t{gridDim.x} * per_tile;
+  const int64_t mine = int64_t{threadIdx.x} * kN;
+  // One round: quantizes the tile at start from `now` after sending the loads of the one this CTA
+  // takes next (the last round reloads its own) into `next`.
+  const auto round = [&](int64_t start, const RawTile& now, RawTile& next) {
+    const int64_t i = start + mine;
+    const bool whole = start + per_tile <= n;
+    const int valid = whole ? kN : (n > i ? static_cast<int>(n - i < kN ? n - i : kN) : 0);  // elements below n
+    const int64_t ahead = start + stride < n ? start + stride : start;
+    load_tile<T>(x, ahead + mine, n, vec_x && ahead + per_tile <= n, next);
+    float v[kN];
     float m = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
+    for (int j = 0; j < kN; ++j) {
+      v[j] = unpack<T>(now, j);
       if constexpr (kCentered) v[j] = __fsub_rn(v[j], off);
-      if (j < valid) m = absmax_step(m, v[j]);
+      if (!kCentered || j < valid) m = absmax_step(m, v[j]);  // past n the loads are 0, which no max takes
     }
     m = group_absmax(m, group, red);
-    if (valid == 0) continue;  // no barrier follows in this round
+    if (valid == 0) return;  // no barrier follows in this round
     if ((threadIdx.x & (group - 1)) == 0) absmax[i >> log2_bs] = m;
     const float r = __fdiv_rn(1.0f, m);
     if constexpr (Bits == 4) {
-      uint32_t word = 0;
+      uint32_t w[kN / 8] = {};  // element j in byte j / 2, the even one in the high nibble
 #pragma unroll
-      for (int j = 0; j < kPerThread / 2; ++j) {
-        const uint32_t hi = quantize_4bit_bucket<QT>(buckets, __fmul_rn(v[2 * j], r));
-        const uint32_t lo = 2 * j + 1 < valid ? quantize_4bit_bucket<QT>(buckets, __fmul_rn(v[2 * j + 1], r)) : t4.zero_code;
-        word |= ((hi << 4) | lo) << (8 * j);
+      for (int j = 0; j < kN; ++j)
+        w[j / 8] |= quantize_4bit_bucket_at(buckets, __fmul_rn(v[j], r), 8 * (j % 8 / 2) + (j % 2 ? 0 : 4));
+      if (valid % 2 != 0) {  // an odd tail: the low nibble of its last byte is the code of 0.0
+        const int s = 8 * (valid % 8 / 2);
+#pragma unroll
+        for (int k = 0; k < kN / 8; ++k) {  // every word, masked (an index would put w in memory)
+          const uint32_t pad = k == valid / 8 ? 0xFu << s : 0u;
+          w[k] = (w[k] & ~pad) | (t4.zero_code * 0x11111111u & pad);
+        }
       }
-      uint8_t* dst = out + i / 2;
-      if (vec_out && valid == kPerThread) {
-        *reinterpret_cast<uint32_t*>(dst) = word;
-      } else {
-        for (int j = 0; 2 * j < valid; ++j) dst[j] = static_cast<uint8_t>(word >> (8 * j));
-      }
+      store_bytes(out + i / 2, w, (valid + 1) / 2, vec_out && valid == kN);
     } else {
-      uint32_t w[2] = {0, 0};
+      uint32_t w[kN / 4] = {};
 #pragma unroll
-      for (int j = 0; j < kPerThread; ++j)
+      for (int j = 0; j < kN; ++j)
         w[j / 4] |= uint32_t{quantize_8bit_tree(t8->tree, t8->code, __fmul_rn(v[j], r))} << (8 * (j % 4));
-      uint8_t* dst = out + i;
-      if (vec_out && valid == kPerThread) {
-        *reinterpret_cast<uint2*>(dst) = make_uint2(w[0], w[1]);
-      } else {
-        for (int j = 0; j < valid; ++j) dst[j] = static_cast<uint8_t>(w[j / 4] >> (8 * (j % 4)));
-      }
+      store_bytes(out + i, w, valid, vec_out && valid == kN);
     }
+  };
+  // Two tiles in flight per thread at a time, in registers that swap roles every round (unrolled
+  // by two so that no round copies one into the other). The grid has no more CTAs than tiles.
+  RawTile a, b;
+  int64_t start = int64_t{blockIdx.x} * per_tile;
+  load_tile<T>(x, start + mine, n, vec_x && start + per_tile <= n, a);
+  for (;;) {
+    round(start, a, b);
+    if ((start += stride) >= n) break;
+    round(start, b, a);
+    if ((start += stride) >= n) break;
   }
 }
 
@@ -169,20 +259,23 @@ __global__ void quantize_8bit_warp_kernel(const storage_t<T>* __restrict__ x, in
   }
 }
 
-// Launches quantize_blocks_kernel for a power-of-two blocksize in [8, 4096].
+// Launches quantize_blocks_kernel for a power-of-two blocksize in [kPer<T>, 4096].
 template <DType T, int Bits, QuantType QT, class Code, bool kCentered>
 void launch_blocks(const Call& call, const void* x, int64_t n, int64_t bs, const Code& code8, const float* offset_ptr,
                    float offset, uint8_t* out, float* absmax) {
-  const int threads = static_cast<int>(bs / kPerThread > kThreads ? bs / kPerThread : kThreads);
+  const int threads = static_cast<int>(bs / kPer<T> > kThreads ? bs / kPer<T> : kThreads);
   const auto* xs = static_cast<const storage_t<T>*>(x);
-  const unsigned grid = call.grid(n, int64_t{threads} * kPerThread, Bits == 4 ? kTablesPerSm : 32);
+  const unsigned grid = call.grid(n, int64_t{threads} * kPer<T>, kResidentThreads / threads);
   quantize_blocks_kernel<T, Bits, QT, Code, kCentered><<<grid, threads, 0, call.stream()>>>(
       xs, n, exact_log2(bs), code4_tables(QT), code8, offset_ptr, offset, out, absmax, aligned(x, 16),
-      aligned(out, Bits == 4 ? 4 : 8));
+      aligned(out, Bits == 4 ? kPer<T> / 2 : kPer<T>));
   call.check_launch("quantize_blocks_kernel");
 }
 
-bool blocks_kernel_fits(int64_t bs) { return exact_log2(bs) >= 3 && bs <= 4096; }
+template <DType T>
+bool blocks_kernel_fits(int64_t bs) {
+  return exact_log2(bs) >= 0 && bs >= kPer<T> && bs <= 4096;
+}
 
 }  // namespace
 
@@ -211,7 +304,7 @@ void quantize_blockwise(const TensorView& A, const TensorView& code, const Tenso
   const CodeInGlobal map{code.ptr<const float>()};
   dispatch_float(A.dtype, [&](auto t) {
     constexpr DType T = decltype(t)::value;
-    if (blocks_kernel_fits(blocksize)) {
+    if (blocks_kernel_fits<T>(blocksize)) {
       launch_blocks<T, 8, QuantType::NF4, CodeInGlobal, false>(call, A.data, n, blocksize, map, nullptr, 0.0f,
                                                                out.ptr<uint8_t>(), absmax.ptr<float>());
       return;
@@ -231,7 +324,7 @@ void quantize_absmax_nested(const TensorView& absmax, float offset, const std::o
   CodeByValue map{};
   const Code8& signed_map = dynamic_map_signed();
   for (int i = 0; i < 256; ++i) map.v[i] = signed_map[static_cast<size_t>(i)];
-  static_assert(kNestedBlocksize >= 8 && kNestedBlocksize <= 4096 && (kNestedBlocksize & (kNestedBlocksize - 1)) == 0,
+  static_assert(kNestedBlocksize >= kPer<DType::F32> && kNestedBlocksize <= 4096 && (kNestedBlocksize & (kNestedBlocksize - 1)) == 0,
                 "the nested blocksize must suit quantize_blocks_kernel");
   launch_blocks<DType::F32, 8, QuantType::NF4, CodeByValue, true>(
       call, absmax.data, n, kNestedBlocksize, map, offset_tensor ? offset_tensor->ptr<const float>() : nullptr, offset,
