@@ -2,6 +2,8 @@
 and torch.compile of the 4-bit and 8-bit layers, tensors past 2^31 elements. The rest of the
 package's tests run on CUDA through the ``device`` fixture."""
 
+import copy
+
 import pytest
 import torch
 
@@ -76,6 +78,20 @@ def test_paged_buffers_larger_than_the_free_gpu_memory():
         assert float(t[n // 2]) == 0.5
     finally:
         del hog
+
+
+def test_prefetch_of_a_copied_paged_tensor_is_a_no_op():
+    # A deepcopy (as of an optimizer's state_dict) keeps the paged flags but lives in ordinary
+    # device memory: prefetching it must neither fail nor change it (a paged optimizer's step
+    # after load_state_dict prefetches such states).
+    t = F.get_paged(4096, dtype=torch.float32, device="cuda")
+    t.fill_(3.0)
+    c = copy.deepcopy(t)
+    assert c.is_paged and c.is_managed and c.data_ptr() != t.data_ptr()
+    F.prefetch_tensor(c)
+    F.prefetch_tensor(c, to_cpu=True)
+    torch.cuda.synchronize()
+    assert bool((c == 3.0).all())
 
 
 # ---- gemm_4bit on the GPU: both paths ------------------------------------------------------------

@@ -142,7 +142,8 @@ void* managed_alloc(int64_t bytes, int device);
 void managed_free(void* ptr) noexcept;
 // Asks the driver to migrate [ptr, ptr + bytes) to GPU `device`, or to the host when device < 0,
 // asynchronously on `stream` (a cudaStream_t). A no-op where the GPU cannot access managed
-// memory concurrently (the driver then migrates on first touch).
+// memory concurrently (the driver then migrates on first touch) and for memory that is not
+// managed (nothing to migrate).
 void managed_prefetch(const void* ptr, int64_t bytes, int device, void* stream);
 
 }  // namespace nybble

@@ -55,6 +55,11 @@ void managed_free(void* ptr) noexcept {
 void managed_prefetch(const void* ptr, int64_t bytes, int device, void* stream) {
   const char* op = "managed_prefetch";
   if (!ptr || bytes <= 0) return;
+  // Memory that is not managed has nothing to migrate: a tensor still flagged as paged after a
+  // copy (deepcopy, a state_dict loaded into ordinary device memory) is a no-op, not an error.
+  cudaPointerAttributes attr{};
+  cuda::check_cuda(cudaPointerGetAttributes(&attr, ptr), op, "cudaPointerGetAttributes");
+  if (attr.type != cudaMemoryTypeManaged) return;
   int concurrent = 0;
   if (device >= 0) {
     cuda::check_cuda(cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, device), op,
