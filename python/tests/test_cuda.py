@@ -94,6 +94,27 @@ def test_prefetch_of_a_copied_paged_tensor_is_a_no_op():
     assert bool((c == 3.0).all())
 
 
+@pytest.mark.parametrize("name", ["PagedAdamW", "PagedAdamW8bit"])
+def test_paged_optimizer_states_stay_paged_after_a_state_dict_round_trip(name):
+    p = torch.nn.Parameter(torch.randn(300_000, device="cuda"))
+    opt = getattr(nybble.optim, name)([p], lr=1e-3)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    assert opt.state[p]["state1"].is_managed
+    again = getattr(nybble.optim, name)([p], lr=1e-3)
+    again.load_state_dict(opt.state_dict())
+    for key in ("state1", "state2"):
+        assert again.state[p][key].is_managed and torch.equal(again.state[p][key], opt.state[p][key])
+    q = p.detach().clone()
+    opt.step()
+    p2 = torch.nn.Parameter(q)
+    p2.grad = p.grad
+    again.param_groups[0]["params"] = [p2]
+    again.state[p2] = again.state.pop(p)
+    again.step()  # prefetches the reloaded states and updates from them as the original did
+    assert torch.equal(p2.detach(), p.detach())
+
+
 # ---- gemm_4bit on the GPU: both paths ------------------------------------------------------------
 
 

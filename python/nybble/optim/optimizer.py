@@ -172,6 +172,20 @@ class Optimizer8bit(torch.optim.Optimizer):
         param_groups = [dict(saved, params=group["params"]) for group, saved in zip(groups, saved_groups)]
         self.__setstate__({"state": state, "param_groups": param_groups})
         self._share_qmaps()
+        self._page_states()
+
+    def _page_states(self):
+        """A paged optimizer's loaded states go back into managed memory (load_state_dict's copies
+        are ordinary device tensors), so a resumed run can still exceed the GPU's memory."""
+        if not self.is_paged:
+            return
+        for p, param_state in self.state.items():
+            if not (isinstance(p, torch.Tensor) and isinstance(param_state, dict)):
+                continue
+            for key in ("state1", "state2"):
+                value = param_state.get(key)
+                if isinstance(value, torch.Tensor) and value.is_cuda:
+                    param_state[key] = self._state_buffer(p, value.shape, value.dtype).copy_(value)
 
     def _share_qmaps(self):
         """Points loaded qmaps that equal this optimizer's maps at its shared tensors, so that
