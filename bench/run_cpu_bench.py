@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import ROOT, git_commit
 COPY_BENCH = "copy/memcpy"
 
 
@@ -122,17 +122,6 @@ def cpu_model() -> str:
     if "hypervisor" in info.get("flags", "").split():
         extra.append("virtual machine")
     return f"{model} ({', '.join(extra)})" if extra else model
-
-
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], check=True,
-                             capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               check=True, capture_output=True, text=True).stdout.strip()
-        return sha + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def mib(n: int) -> str:

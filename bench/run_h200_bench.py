@@ -25,14 +25,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import ROOT, add_worker_arguments, git_commit, lib_env, run_worker, serve_worker
 LIBS = ("torch", "reference", "nybble")
 MATMUL_SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (8192, 8192), (28672, 8192), (8192, 28672)]
 MATMUL_M = [1, 4, 16, 64, 256, 1024, 4096]
@@ -217,29 +214,6 @@ def worker(lib: str, cfg: dict) -> dict:
 # ---- driver ----------------------------------------------------------------------------------------
 
 
-def lib_env(lib: str) -> dict:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    if lib == "reference":
-        env["PYTHONPATH"] = os.environ.get("NYBBLE_REFERENCE_DIR", str(ROOT / ".ref" / "bnb-cuda"))
-    elif lib == "nybble":
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), str(ROOT / "python" / "compat")])
-    env.setdefault("PYTHONWARNINGS", "ignore")
-    return env
-
-
-def run_worker(lib: str, cfg: dict) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", lib, "--config", json.dumps(cfg),
-               "--result", str(out)]
-        log(f"+ {lib}")
-        proc = subprocess.run(cmd, env=lib_env(lib), cwd=ROOT)
-        if proc.returncode != 0 or not out.exists():
-            return {"info": {"lib": lib, "failed": f"worker exited with {proc.returncode}"}, "rows": {}}
-        return json.loads(out.read_text())
-
-
 def make_config(quick: bool) -> dict:
     if quick:
         return {"copy_elems": 1 << 24, "gemm": 2048, "quant_shape": [2048, 2048],
@@ -332,35 +306,22 @@ def render(data: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + (" (with uncommitted changes)" if dirty else "") if sha else "unknown"
-    except OSError:
-        return "unknown"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "benchmarks")
     ap.add_argument("--from-json", type=Path)
-    ap.add_argument("--worker", choices=LIBS)
-    ap.add_argument("--config")
-    ap.add_argument("--result", type=Path)
+    add_worker_arguments(ap, LIBS)
     args = ap.parse_args()
-    if args.worker:
-        args.result.write_text(json.dumps(worker(args.worker, json.loads(args.config))))
+    if serve_worker(args, worker):
         return 0
     if args.from_json:
         data = json.loads(args.from_json.read_text())
     else:
         cfg = make_config(args.quick)
         data = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "commit": git_commit(), "config": cfg, "results": {lib: run_worker(lib, cfg) for lib in LIBS}}
+                "commit": git_commit(), "config": cfg, "results": {lib: run_worker(__file__, lib, cfg, lib_env(lib, ROOT / ".ref" / "bnb-cuda"))
+                                                       for lib in LIBS}}
         for lib in LIBS:
             if "failed" in data["results"][lib]["info"]:
                 log(f"{lib}: {data['results'][lib]['info']['failed']}")

@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import ROOT, git_commit
 BEGIN = "<!-- python-bench:begin -->"
 END = "<!-- python-bench:end -->"
 LIBS = ("torch", "reference", "nybble")
@@ -81,17 +81,6 @@ def cpu_model() -> str:
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     extra = [isa] + (["virtual machine"] if "hypervisor" in flags else [])
     return f"{info.get('model name', 'unknown')} ({', '.join(extra)})"
-
-
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], check=True,
-                             capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               check=True, capture_output=True, text=True).stdout.strip()
-        return sha + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def make_config(quick: bool) -> dict:
