@@ -812,6 +812,8 @@ class Linear8bitLt(nn.Linear):
     def forward(self, x: torch.Tensor):
         self.state.is_training = self.training
         if not isinstance(self.weight, Int8Params):
+            if self.weight.dtype == torch.int8:
+                return self._forward_plain_int8(x)
             # A tied float weight (e.g. lm_head sharing the embedding): quantizing it in place
             # would overwrite the embedding, so it runs unquantized.
             return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
@@ -824,6 +826,19 @@ class Linear8bitLt(nn.Linear):
         if not self.state.has_fp16_weights and self.state.CB is not None:
             self.weight.data = self.state.CB
         return out
+
+    def _forward_plain_int8(self, x: torch.Tensor):
+        """The int8 codes handed over as a plain tensor (FSDP all-gathers a sharded Int8Params into
+        a new ordinary Parameter): they are the current codes, the row scales stay the module's."""
+        if self.state.SCB is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: the weight is a plain int8 tensor {list(self.weight.shape)} and the layer holds "
+                "no row scales (state.SCB): quantize the layer (.to(device)) or load its state_dict before wrapping it"
+            )
+        if self.bias is not None and self.bias.dtype != x.dtype:
+            self.bias.data = self.bias.data.to(x.dtype)
+        self.state.CB = self.weight.data
+        return matmul(x, self.weight, bias=self.bias, state=self.state)
 
 
 class OutlierAwareLinear(nn.Linear):

@@ -31,6 +31,17 @@ import torch
 from .. import functional as F
 from .manager import GlobalOptimManager
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch built without distributed
+    DTensor = ()
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The tensor a kernel updates: a DTensor's local shard (FSDP2 parameters and gradients), else t.
+    Each shard then has its own states, blockwise from the shard's first element."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
 __all__ = ["GlobalOptimManager", "MockArgs", "Optimizer1State", "Optimizer2State", "Optimizer8bit"]
 
 # 8-bit states are quantized in blocks of this many elements (spec §4.1).
@@ -263,9 +274,9 @@ class Optimizer8bit(torch.optim.Optimizer):
         in one op call per set of identical step arguments, state kind and device."""
         calls = defaultdict(list)
         for group, p, gindex, pindex in items:
-            if not p.is_contiguous():
+            if not _local(p).is_contiguous():
                 p.data = p.data.contiguous()
-            if not p.grad.is_contiguous():
+            if not _local(p.grad).is_contiguous():
                 p.grad = p.grad.contiguous()
             config = self.get_config(gindex, pindex, group)
             state = self.state[p]
@@ -287,7 +298,8 @@ class Optimizer8bit(torch.optim.Optimizer):
             return [s[key] for s in states] if present else None
 
         beta1, beta2, beta3, alpha = coefficients
-        grads = [p.grad for p in params]
+        grads = [_local(p.grad) for p in params]
+        params = [_local(p) for p in params]
         two = self._two_states
         unorm_vec = entries("unorm_vec", max_unorm > 0.0)
         if eight_bit:
@@ -336,17 +348,20 @@ class Optimizer8bit(torch.optim.Optimizer):
         bits = config["optim_bits"]
         if bits not in (8, 32):
             raise NotImplementedError(f"Amount of optimizer bits not supported: {bits}")
+        # 8-bit or not by the whole parameter's size (the same choice on every shard of a DTensor),
+        # the states by the shard this process updates.
         dtype = torch.uint8 if bits == 8 and p.numel() >= config["min_8bit_size"] else torch.float32
+        shard = _local(p)
         lead = (self._emas,) if self._emas > 1 else ()
-        blocks = (p.numel() + BLOCKSIZE - 1) // BLOCKSIZE
+        blocks = (shard.numel() + BLOCKSIZE - 1) // BLOCKSIZE
         state = self.state[p]
         state["step"] = 0
-        state["state1"] = self._state_buffer(p, (*lead, *p.shape), dtype)
+        state["state1"] = self._state_buffer(p, (*lead, *shard.shape), dtype)
         if dtype == torch.uint8:
             state["qmap1"] = self._qmap("dynamic", p.device)
             state["absmax1"] = torch.zeros((*lead, blocks), dtype=torch.float32, device=p.device)
         if self._two_states:
-            state["state2"] = self._state_buffer(p, p.shape, dtype)
+            state["state2"] = self._state_buffer(p, shard.shape, dtype)
             if dtype == torch.uint8:
                 state["qmap2"] = self._qmap("udynamic", p.device)
                 state["absmax2"] = torch.zeros((blocks,), dtype=torch.float32, device=p.device)
