@@ -42,6 +42,54 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     Each shard then has its own states, blockwise from the shard's first element."""
     return t.to_local() if isinstance(t, DTensor) else t
 
+
+# Note [Sharded states]: in a state_dict, the states of a DTensor parameter are DTensors too, so
+# torch.distributed.checkpoint saves and loads each rank's piece. state1/state2 have the local
+# shard's shape (AdEMAMix: one leading dimension more) and take the parameter's placements. The
+# per-block absmax of a shard has no such form (a rank's block count follows its shard's size), so
+# each rank's absmax is padded to the largest count of any rank and the padded pieces form an even
+# Shard(-1) tensor; loading trims them back. Only 1-D meshes with the parameter sharded on dim 0
+# (FSDP2's layout) are supported.
+def _shard_numels(p) -> list:
+    from torch.distributed.tensor import Shard
+
+    if p.device_mesh.ndim != 1 or list(p.placements) != [Shard(0)]:
+        raise NotImplementedError(
+            f"8-bit optimizer states of a DTensor with placements {list(p.placements)} on a {p.device_mesh.ndim}-D mesh: "
+            "only Shard(0) on a 1-D mesh (FSDP2's layout) is supported")
+    rows, world = p.shape[0], p.device_mesh.size()
+    per = -(rows // -world)
+    row_numel = p.numel() // rows if rows else 0
+    return [max(0, min(per, rows - r * per)) * row_numel for r in range(world)]
+
+
+def _as_dtensor(key, value, p):
+    from torch.distributed.tensor import Shard
+
+    if not isinstance(value, torch.Tensor):
+        return value
+    local = p.to_local()
+    lead = value.dim() - local.dim()
+    if key in ("state1", "state2") and value.shape[lead:] == local.shape:
+        shape = (*value.shape[:lead], *p.shape)
+        stride = torch.empty(shape, device="meta").stride()
+        return DTensor.from_local(value, p.device_mesh, [Shard(lead)], run_check=False, shape=shape, stride=stride)
+    if key in ("absmax1", "absmax2"):
+        most = max(-(n // -BLOCKSIZE) for n in _shard_numels(p))
+        padded = torch.zeros((*value.shape[:-1], most), dtype=value.dtype, device=value.device)
+        padded[..., : value.shape[-1]] = value
+        shape = (*value.shape[:-1], most * p.device_mesh.size())
+        return DTensor.from_local(padded, p.device_mesh, [Shard(value.dim() - 1)], run_check=False, shape=shape,
+                                  stride=torch.empty(shape, device="meta").stride())
+    return value
+
+
+def _from_dtensor(key, value, p):
+    local = value.to_local()
+    if key in ("absmax1", "absmax2") and isinstance(p, DTensor):
+        return local[..., : -(p.to_local().numel() // -BLOCKSIZE)].contiguous()
+    return local
+
 __all__ = ["GlobalOptimManager", "MockArgs", "Optimizer1State", "Optimizer2State", "Optimizer8bit"]
 
 # 8-bit states are quantized in blocks of this many elements (spec §4.1).
@@ -130,8 +178,11 @@ class Optimizer8bit(torch.optim.Optimizer):
         qmaps, absmax, unorm_vec) moved under ``"__bnb_optimizer_quant_state__"``, so FSDP does
         not try to gather tensors shaped unlike the parameter."""
         state_dict = super().state_dict()
+        params = list(chain.from_iterable(g["params"] for g in self.param_groups))
         wrapped = {}
         for index, param_state in state_dict["state"].items():
+            if isinstance(param_state, dict) and isinstance(params[index], DTensor):
+                param_state = {k: _as_dtensor(k, v, params[index]) for k, v in param_state.items()}
             if isinstance(param_state, dict):
                 plain = {k: v for k, v in param_state.items() if k not in self.non_castable_tensor_keys}
                 quant = {k: v for k, v in param_state.items() if k in self.non_castable_tensor_keys}
@@ -162,6 +213,8 @@ class Optimizer8bit(torch.optim.Optimizer):
                           chain.from_iterable(g["params"] for g in groups)))
 
         def cast(param, value, key=None):
+            if isinstance(value, DTensor):
+                value = _from_dtensor(key, value, param)
             if key in self.non_castable_tensor_keys and isinstance(value, torch.Tensor):
                 return value.to(param.device) if move_to_device else value
             if isinstance(value, torch.Tensor):
