@@ -20,7 +20,6 @@ if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
 WORLD = 2
-SRC = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "compat")]
 
 
 def _free_port() -> int:
@@ -30,8 +29,7 @@ def _free_port() -> int:
 
 
 def _run(rank, port, case, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    sys.path[:0] = SRC
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # (spawned with the test's sys.path)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         from torch.distributed.device_mesh import init_device_mesh
@@ -244,7 +242,8 @@ def test_the_fsdp_qlora_example_trains_like_one_process(tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     small = ["--device", "cpu", "--steps", "3", "--hidden", "128", "--layers", "2", "--seq", "64"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(SRC), PYTHONWARNINGS="ignore")
+    # The subprocesses import nybble and its drop-in from where this test does.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), PYTHONWARNINGS="ignore")
     example = str(root / "examples" / "fsdp_qlora.py")
     subprocess.run([sys.executable, example, *small, "--losses", str(tmp_path / "one.json")], env=env, check=True)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
