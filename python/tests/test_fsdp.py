@@ -83,9 +83,10 @@ def linear8bit(mesh, rank):
     model = model.to("cpu")
     x = torch.randn(5, 256)
     x[:, 3] = 8.0  # an outlier column
-    want = model(x)
+    want, codes = model(x), model[0].weight.detach().clone()
     fully_shard(model, mesh=mesh)
-    return {"want": want, "got": model(x)}
+    gathered = model[0].weight.full_tensor().detach()
+    return {"want": want, "got": model(x), "codes": codes, "gathered": gathered}
 
 
 def qlora_grads(mesh, rank):
@@ -204,10 +205,11 @@ def test_linear4bit_shards_gather_every_byte_and_compute_the_same(storage):
     assert torch.equal(joined, results[0]["packed"].view(torch.uint8).reshape(-1))
 
 
-def test_linear8bitlt_under_fully_shard_computes_the_same():
+def test_linear8bitlt_shards_gather_its_codes_and_compute_the_same():
     # The all-gathered weight is a plain int8 tensor; the layer keeps its row scales (the reference
     # multiplies the int8 codes as floats here: silently wrong outputs).
     for r in run_sharded("linear8bit"):
+        assert r["codes"].dtype == torch.int8 and torch.equal(r["gathered"], r["codes"])
         assert torch.equal(r["got"], r["want"])
 
 
