@@ -64,24 +64,21 @@ def _shard_numels(p) -> list:
 
 
 def _as_dtensor(key, value, p):
+    if not isinstance(value, torch.Tensor) or key not in ("state1", "state2", "absmax1", "absmax2"):
+        return value
     from torch.distributed.tensor import Shard
 
-    if not isinstance(value, torch.Tensor):
-        return value
-    local = p.to_local()
-    lead = value.dim() - local.dim()
-    if key in ("state1", "state2") and value.shape[lead:] == local.shape:
-        shape = (*value.shape[:lead], *p.shape)
-        stride = torch.empty(shape, device="meta").stride()
-        return DTensor.from_local(value, p.device_mesh, [Shard(lead)], run_check=False, shape=shape, stride=stride)
-    if key in ("absmax1", "absmax2"):
-        most = max(-(n // -BLOCKSIZE) for n in _shard_numels(p))
-        padded = torch.zeros((*value.shape[:-1], most), dtype=value.dtype, device=value.device)
-        padded[..., : value.shape[-1]] = value
+    numels = _shard_numels(p)  # (checks the layout)
+    if key.startswith("state"):  # the shard's shape, after AdEMAMix's leading dimension
+        dim = value.dim() - p.dim()
+        shape = (*value.shape[:dim], *p.shape)
+    else:  # absmax: padded to the most blocks of any shard
+        most = max(-(n // -BLOCKSIZE) for n in numels)
+        value = torch.nn.functional.pad(value, (0, most - value.shape[-1]))
+        dim = value.dim() - 1
         shape = (*value.shape[:-1], most * p.device_mesh.size())
-        return DTensor.from_local(padded, p.device_mesh, [Shard(value.dim() - 1)], run_check=False, shape=shape,
-                                  stride=torch.empty(shape, device="meta").stride())
-    return value
+    return DTensor.from_local(value, p.device_mesh, [Shard(dim)], run_check=False, shape=shape,
+                              stride=torch.empty(shape, device="meta").stride())
 
 
 def _from_dtensor(key, value, p):
