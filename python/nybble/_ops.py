@@ -104,17 +104,22 @@ def _composite(name: str):
     return register
 
 
-def call(name: str, A: torch.Tensor, *args, **kwargs):
-    """``torch.ops.nybble.<name>(A, *args, **kwargs)``. In eager mode, for a plain CPU or CUDA
-    tensor A, the function the dispatcher would run, called directly: the dispatcher's round trip
-    into a Python kernel costs ~15-40 us a call, more than a small GEMV takes on a GPU. Under
-    torch.compile or tracing, inside a dispatch or function mode (fake tensors, meta devices) and
-    for tensor subclasses, the op itself."""
+def op(name: str, A: torch.Tensor):
+    """What ``torch.ops.nybble.<name>`` runs for a call whose first tensor is A. In eager mode, for
+    a plain CPU or CUDA tensor A, the function the dispatcher would run, to be called directly:
+    the dispatcher's round trip into a Python kernel costs ~15-40 us a call (more for lists of
+    tensors), more than a small GEMV takes on a GPU. Under torch.compile or tracing, inside a
+    dispatch or function mode (fake tensors, meta devices) and for tensor subclasses, the op."""
     if (type(A) is torch.Tensor and A.device.type in _EAGER_DEVICES and not torch.compiler.is_compiling()
             and not torch._C._is_tracing() and torch._C._len_torch_dispatch_stack() == 0
             and not torch._C._is_torch_function_mode_enabled()):
-        return _IMPLS[name](A, *args, **kwargs)
-    return getattr(torch.ops.nybble, name).default(A, *args, **kwargs)
+        return _IMPLS[name]
+    return getattr(torch.ops.nybble, name).default
+
+
+def call(name: str, A: torch.Tensor, *args, **kwargs):
+    """``torch.ops.nybble.<name>(A, *args, **kwargs)``, called as ``op`` says."""
+    return op(name, A)(A, *args, **kwargs)
 
 
 def _fake(name: str):
@@ -608,6 +613,13 @@ def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, ste
                                        skip_zeros, stream=_stream(p))
 
 
+# Note [Checks on failure]: the multi kernels take hundreds of parameters per call, and checking
+# each in Python costs ~3 us, as much as updating a small one. nybble checks every parameter in C++
+# before it changes anything, so the kernels call C++ first and, only when it refuses, run the
+# reference's checks, which raise the reference's message for what they cover (the fake kernels
+# run them first, as the reference does).
+
+
 def _check_optimizer_32bit_multi(g, p, state1, state2) -> None:
     for i in range(len(g)):
         _check_optimizer_32bit(g[i], p[i], state1[i], _item(state2, i))
@@ -622,12 +634,15 @@ def _(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, beta1, beta2, 
 @_kernel("optimizer_update_32bit_multi")
 def _(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, beta1, beta2, beta3, alpha, eps, weight_decay,
       step, lr, gnorm_scale, skip_zeros=False):
-    _check_optimizer_32bit_multi(g, p, state1, state2)
     if not p:
         return
-    _C.optimizer_update_32bit_multi(optimizer_name, [t.contiguous() for t in g], p, state1, state2, unorm_vec,
-                                    _param_norms(p, max_unorm), max_unorm, beta1, beta2, beta3, alpha, eps,
-                                    weight_decay, step, lr, gnorm_scale, skip_zeros, stream=_stream(p[0]))
+    try:
+        _C.optimizer_update_32bit_multi(optimizer_name, [t.contiguous() for t in g], p, state1, state2, unorm_vec,
+                                        _param_norms(p, max_unorm), max_unorm, beta1, beta2, beta3, alpha, eps,
+                                        weight_decay, step, lr, gnorm_scale, skip_zeros, stream=_stream(p[0]))
+    except Exception:
+        _check_optimizer_32bit_multi(g, p, state1, state2)  # Note [Checks on failure]
+        raise
 
 
 def _check_optimizer_8bit_multi(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2) -> None:
@@ -644,10 +659,13 @@ def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, ste
 @_kernel("optimizer_update_8bit_blockwise_multi")
 def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1,
       absmax2, weight_decay, gnorm_scale, skip_zeros=False, unorm_vec=None, max_unorm=0.0):
-    _check_optimizer_8bit_multi(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2)
     if not p:
         return
-    _C.optimizer_update_8bit_blockwise_multi(optimizer_name, [t.contiguous() for t in g], p, state1, state2, beta1,
-                                             beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2,
-                                             weight_decay, gnorm_scale, skip_zeros, unorm_vec,
-                                             _param_norms(p, max_unorm), max_unorm, stream=_stream(p[0]))
+    try:
+        _C.optimizer_update_8bit_blockwise_multi(optimizer_name, [t.contiguous() for t in g], p, state1, state2,
+                                                 beta1, beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1,
+                                                 absmax2, weight_decay, gnorm_scale, skip_zeros, unorm_vec,
+                                                 _param_norms(p, max_unorm), max_unorm, stream=_stream(p[0]))
+    except Exception:
+        _check_optimizer_8bit_multi(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2)  # Note [Checks on failure]
+        raise

@@ -28,6 +28,7 @@ from typing import Optional
 
 import torch
 
+from .. import _ops
 from .. import functional as F
 from .manager import GlobalOptimManager
 
@@ -323,12 +324,18 @@ class Optimizer8bit(torch.optim.Optimizer):
         """Advances the step count of each (group, p, gindex, pindex) and updates the parameters
         in one op call per set of identical step arguments, state kind and device."""
         calls = defaultdict(list)
+        # Without GlobalOptimManager overrides every parameter of a group has the group's config.
+        overridden = bool(self.mng.index2config or self.mng.pid2config)
+        group_configs = {}
         for group, p, gindex, pindex in items:
             if not _local(p).is_contiguous():
                 p.data = p.data.contiguous()
             if not _local(p.grad).is_contiguous():
                 p.grad = p.grad.contiguous()
-            config = self.get_config(gindex, pindex, group)
+            if overridden:
+                config = self.get_config(gindex, pindex, group)
+            elif (config := group_configs.get(gindex)) is None:
+                config = group_configs[gindex] = self.get_config(gindex, pindex, group)
             state = self.state[p]
             state["step"] += 1
             step = state["step"]
@@ -353,12 +360,12 @@ class Optimizer8bit(torch.optim.Optimizer):
         two = self._two_states
         unorm_vec = entries("unorm_vec", max_unorm > 0.0)
         if eight_bit:
-            torch.ops.nybble.optimizer_update_8bit_blockwise_multi.default(
+            _ops.op("optimizer_update_8bit_blockwise_multi", grads[0])(
                 self.optimizer_name, grads, params, entries("state1"), entries("state2", two), beta1, beta2, beta3,
                 alpha, eps, step, lr, states[0]["qmap1"], states[0]["qmap2"] if two else None, entries("absmax1"),
                 entries("absmax2", two), weight_decay, 1.0, skip_zeros, unorm_vec, max_unorm)
         else:
-            torch.ops.nybble.optimizer_update_32bit_multi.default(
+            _ops.op("optimizer_update_32bit_multi", grads[0])(
                 self.optimizer_name, grads, params, entries("state1"), entries("state2", two), unorm_vec, max_unorm,
                 beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, 1.0, skip_zeros)
 
