@@ -73,6 +73,29 @@ def linear4bit(mesh, rank, quant_storage):
     return {"want": want, "got": got, "packed": packed, "gathered": gathered, "local": local}
 
 
+def mixed_precision(mesh, rank):
+    """FSDP2 with MixedPrecisionPolicy(param_dtype=bf16) casts every floating-point parameter of
+    another dtype, so an fp32-packed 4-bit weight reaches the layer converted to bf16 number by
+    number; integer parameters (uint8 storage) and bf16 ones are gathered as they are."""
+    import bitsandbytes as bnb
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    results = {}
+    for storage in (torch.bfloat16, torch.uint8, torch.float32):
+        layer = torch.nn.Linear(256, 96)
+        model = torch.nn.Sequential(bnb.nn.Linear4bit(256, 96, compute_dtype=torch.bfloat16, quant_storage=storage))
+        model[0].load_state_dict(layer.state_dict())
+        model = model.to("cpu")
+        x = torch.randn(5, 256, dtype=torch.bfloat16)
+        want = model(x)
+        fully_shard(model, mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16))
+        try:
+            results[str(storage)] = {"want": want, "got": model(x)}
+        except RuntimeError as e:
+            results[str(storage)] = {"error": str(e)}
+    return results
+
+
 def linear8bit(mesh, rank):
     import bitsandbytes as bnb
     from torch.distributed.fsdp import fully_shard
@@ -184,6 +207,7 @@ def checkpoint_resume(mesh, rank, out_dir):
 CASES = {
     "linear4bit_bf16": lambda mesh, rank: linear4bit(mesh, rank, torch.bfloat16),
     "linear4bit_uint8": lambda mesh, rank: linear4bit(mesh, rank, torch.uint8),
+    "mixed_precision": mixed_precision,
     "linear8bit": linear8bit,
     "qlora_grads": qlora_grads,
     "optimizer_on_shards": optimizer_on_shards,
@@ -203,6 +227,16 @@ def test_linear4bit_shards_gather_every_byte_and_compute_the_same(storage):
     # The shards are disjoint pieces of the packed bytes, together all of them.
     joined = torch.cat([r["local"].view(torch.uint8).reshape(-1) for r in results])
     assert torch.equal(joined, results[0]["packed"].view(torch.uint8).reshape(-1))
+
+
+def test_mixed_precision_converting_packed_bytes_is_a_clear_error():
+    # bf16 and uint8 storage reach the layer untouched under a bf16 param_dtype; fp32 storage would
+    # be converted value by value into garbage weights: nybble refuses, naming the fix.
+    for r in run_sharded("mixed_precision"):
+        for storage in ("torch.bfloat16", "torch.uint8"):
+            assert torch.equal(r[storage]["got"], r[storage]["want"]), storage
+        message = r["torch.float32"].get("error", "")
+        assert "quant_storage=torch.float32" in message and "quant_storage=torch.bfloat16" in message, message
 
 
 def test_linear8bitlt_shards_gather_its_codes_and_compute_the_same():

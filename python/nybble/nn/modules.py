@@ -291,7 +291,7 @@ class Params4bit(torch.nn.Parameter):
         self.quant_storage = data.dtype
         self.module = module
         if module is not None:
-            module.quant_state = quant_state
+            module.quant_state, module.quant_storage = quant_state, self.quant_storage
         return self
 
     def _quantize(self, device):
@@ -306,7 +306,7 @@ class Params4bit(torch.nn.Parameter):
         self.data = packed
         self.quant_state = quant_state
         if self.module is not None:
-            self.module.quant_state = quant_state
+            self.module.quant_state, self.module.quant_storage = quant_state, self.quant_storage
         self.bnb_quantized = True
         return self
 
@@ -407,13 +407,23 @@ def _check_prequantized(data: torch.Tensor, qs) -> None:
 
 def fix_4bit_weight_quant_state_from_module(module: Union[Embedding4bit, Linear4bit]):
     """Restores ``module.weight.quant_state`` from ``module.quant_state`` when the weight lost it
-    (FSDP flattening turns it into a plain tensor)."""
+    (FSDP flattening turns it into a plain tensor), after checking that the gathered packed data
+    still has the layer's storage dtype."""
     if getattr(module.weight, "quant_state", None) is not None:
         return
     if getattr(module, "quant_state", None) is None:
         raise RuntimeError(
             f"{type(module).__name__} is not quantized: its weight has no quant_state. Call .cuda(), .cpu() or "
             ".to(device) on the layer first (or load a quantized state_dict)."
+        )
+    storage = getattr(module, "quant_storage", None)
+    if storage is not None and module.weight.dtype != storage:
+        raise RuntimeError(
+            f"{type(module).__name__}: the packed 4-bit weight arrived as {module.weight.dtype}, but the layer "
+            f"stores it as quant_storage={storage}: its bytes were converted as numbers (FSDP2's "
+            f"MixedPrecisionPolicy(param_dtype={module.weight.dtype}) converts every floating-point parameter of "
+            f"another dtype). Quantize with quant_storage={module.weight.dtype} or torch.uint8 "
+            "(BitsAndBytesConfig(bnb_4bit_quant_storage=...)), which FSDP gathers as they are."
         )
     if module.weight.dim() != 2 or module.weight.shape[1] != 1:
         raise RuntimeError(
