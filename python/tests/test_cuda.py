@@ -95,6 +95,35 @@ def test_prefetch_of_a_copied_paged_tensor_is_a_no_op():
 
 
 @pytest.mark.parametrize("name", ["PagedAdamW", "PagedAdamW8bit"])
+def test_paged_optimizer_states_larger_than_the_free_gpu_memory(name):
+    # Two parameters of 1 GiB (fp32) and their gradients on the GPU; then ~1.5 GiB left free while
+    # the paged optimizer creates and updates its states (4 GiB for 32-bit Adam, 1 GiB for 8-bit):
+    # the driver pages them in and out. The result equals the same optimizer's unpaged steps.
+    n = 256 << 20
+    params = [torch.nn.Parameter(torch.randn(n, device="cuda")) for _ in range(2)]
+    grads = [torch.randn_like(p) for p in params]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    hog = torch.empty(max(0, free_bytes() - 3 * GiB // 2), dtype=torch.uint8, device="cuda")
+    try:
+        paged = getattr(nybble.optim, name)(params, lr=1e-3)
+        for _ in range(3):
+            for p, g in zip(params, grads):
+                p.grad = g
+            paged.step()
+        assert all(s["state1"].is_managed for s in paged.state.values())
+        torch.cuda.synchronize()
+    finally:
+        del hog
+    unpaged = getattr(nybble.optim, name.removeprefix("Paged"))(copies, lr=1e-3)
+    for _ in range(3):
+        for q, g in zip(copies, grads):
+            q.grad = g
+        unpaged.step()
+    for p, q in zip(params, copies):
+        assert torch.equal(p.detach(), q.detach())
+
+
+@pytest.mark.parametrize("name", ["PagedAdamW", "PagedAdamW8bit"])
 def test_paged_optimizer_states_stay_paged_after_a_state_dict_round_trip(name):
     p = torch.nn.Parameter(torch.randn(300_000, device="cuda"))
     opt = getattr(nybble.optim, name)([p], lr=1e-3)
