@@ -1,16 +1,18 @@
 // cuda/optim.cu — optimizer steps on the GPU (nybble/optim.hpp), 32-bit and 8-bit blockwise
 // states, for one parameter or many in one launch. p, the states and the codes equal the CPU
 // oracle's (cpu/ref/optim.cpp) bit for bit: the element rules are optim_rules.hpp's, the
-// requantization is formats.hpp's rule through the search tree of cuda/codebook.hpp, with the
-// IEEE reciprocal and product (__fdiv_rn, __fmul_rn). Only the update norm of a clipped step
-// differs in rounding (fp32 atomics; Note [Update norm]).
+// requantization is formats.hpp's rule through the bucket table (or search tree) of
+// cuda/codebook.hpp, with the IEEE reciprocal and product (__fdiv_rn, __fmul_rn). Only the update
+// norm of a clipped step differs in rounding (fp32 atomics; Note [Update norm]).
 //
 // Layout: one warp per block of kOptimizerBlocksize = 256 elements, each lane holding 8 of them in
 // two runs of 4 (Note [Lane runs]): fp32 values move with 16-byte accesses, 2-byte values with
 // 8-byte ones, codes with 4-byte ones, and each access instruction of a warp covers one
 // contiguous span. The new absmax of a block is a shuffle reduction within its warp (no barrier).
-// A CTA is 8 warps; the grid strides over the blocks of every parameter of the launch. The code maps sit in shared memory as the
-// sorted map and its search tree (Note [Search trees], codebook.hpp), loaded once per CTA.
+// A CTA is 8 warps; the grid strides over the blocks of every parameter of the launch. The code
+// maps sit in shared memory as codebook.hpp's Code8Table (6 KiB each: the map, and its bucket
+// table, Note [8-bit bucket tables], or its search tree for a map that fails that note's
+// checks), built once per CTA (the norm pass loads only the maps).
 //
 // Many parameters: a launch takes up to kMaxTensors parameters of one dtype, described in the
 // kernel's parameter space (a __grid_constant__ table, so the GPU reads it in place and nybble
@@ -26,11 +28,16 @@
 // counted as above: 32-bit Adam fp32 3.95 TB/s, bf16 3.7 TB/s; 8-bit Adam fp32 1.37 TB/s, bf16
 // 0.87 TB/s; 8-bit momentum fp32 2.6 TB/s. 256 parameters of 2^18 elements (8-bit Adam fp32): one
 // multi call 0.82 ms, 256 single calls 2.97 ms. (Not yet a row of nybble_cuda_bench.)
-// Limitations: the 8-bit steps are bound by the nearest-code searches (9 shared-memory reads per
-// state and element, with bank conflicts in the deep tree levels) and the dequantizing lookups,
-// at about 90G elements/s whatever the dtype: a third of the bandwidth for fp32 parameters.
-// The way up is fewer reads per search (a bucket table over the normalized values, as
-// Note [Bucket tables] does for 4-bit). A clipped step (LAMB, LARS) reads everything twice.
+// Limitations: the 8-bit figures above are from the tree search (9 shared-memory reads per state
+// and element, with bank conflicts in the deep tree levels), which bound the steps at about 90G
+// elements/s whatever the dtype. The requantization now takes two shared-memory reads per state
+// and element (a bucket byte and a threshold, Note [8-bit bucket tables]; the sign rule of
+// state 1 reads nothing more) when the map passes that note's checks, as the dynamic maps do.
+// Measured with it (bench/run_optim_bench.py, 1.07 B fp32 parameters in 16 tensors, H200, % of
+// the fp32 add bandwidth with the bytes counted as above): AdamW8bit 65 % (37 % with the tree),
+// Lion8bit 69 % (57 %), AdEMAMix8bit 45 % (25 %), LAMB8bit 38 % (26 %, two passes). Maps that
+// fail the checks still take the tree. The dequantizing
+// lookup (code[c], one read) is unchanged. A clipped step (LAMB, LARS) reads everything twice.
 #include <cuda_runtime.h>
 
 #include <vector>
@@ -80,17 +87,38 @@ struct Launch {
 };
 static_assert(sizeof(Launch) + sizeof(optim::Step) + 2 * sizeof(float*) <= 4096, "optimizer_kernel's parameters");
 
-// Shared-memory tables of an 8-bit map: the sorted map and its search tree (codebook.hpp).
-struct Code8Shared {
-  float code[256];
-  float tree[256];
+// An 8-bit map in shared memory: codebook.hpp's Code8Table (the map, and its bucket table or, for
+// a map that fails the checks of Note [8-bit bucket tables], its search tree) and how this CTA
+// uses it. buckets: whether the map passed the checks (the same in every CTA of a launch);
+// negatives: for a map that did, the number of its entries with the sign bit set (a prefix; the
+// sign rule compares with it instead of reading code[q]).
+struct Code8Shared : Code8Table {
+  uint32_t buckets;
+  uint32_t negatives;
 };
 
-__device__ void load_map(Code8Shared& s, const float* code) {
-  for (int t = threadIdx.x; t < 256; t += blockDim.x) {
-    s.code[t] = code[t];
-    s.tree[t] = t == 0 ? 0.0f : code[code8_tree_index(t)];
+// Builds the CTA's maps (qmap1, then qmap2 when kMaps is 2); kCodesOnly: only their code[] (what
+// the norm pass reads). Every thread calls it; it holds the barriers, the last one after
+// `buckets` and `negatives` are written.
+template <int kMaps, bool kCodesOnly>
+__device__ void load_maps(Code8Shared* maps, const float* qmap1, const float* qmap2) {
+  if constexpr (kCodesOnly) {
+#pragma unroll
+    for (int k = 0; k < kMaps; ++k) code8_load(maps[k], k == 0 ? qmap1 : qmap2);
+  } else {
+    bool buckets[kMaps];
+#pragma unroll
+    for (int k = 0; k < kMaps; ++k) buckets[k] = code8_build(maps[k], k == 0 ? qmap1 : qmap2);
+#pragma unroll
+    for (int k = 0; k < kMaps; ++k) {
+      for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+        uint32_t negatives = 0;
+        if (code8_negatives_at(maps[k].code, i, negatives)) maps[k].negatives = negatives;  // one writer when buckets
+      }
+      if (threadIdx.x == 0) maps[k].buckets = buckets[k];
+    }
   }
+  __syncthreads();
 }
 
 // The parameter that holds block gb: the last whose first block is <= gb (an empty parameter
@@ -202,7 +230,9 @@ __device__ __forceinline__ void store_codes(uint8_t* q, const LaneRuns& runs, bo
 }
 
 // The new states s of one block (this lane's values) -> codes and the block's absmax, as the
-// oracle requantizes (cpu/ref/optim.cpp step 3). Every lane of the warp must call it.
+// oracle requantizes (cpu/ref/optim.cpp step 3). Every lane of the warp must call it. The codes
+// come from the map's buckets, two elements a conversion (Note [8-bit bucket tables]), or from its
+// tree (the branch is uniform over the launch).
 __device__ __forceinline__ void requantize(const Code8Shared& map, bool sign_rule, const float (&s)[kPerLane],
                                            const LaneRuns& runs, float* absmax, uint32_t (&c)[kPerLane]) {
   float m = 0.0f;
@@ -212,6 +242,17 @@ __device__ __forceinline__ void requantize(const Code8Shared& map, bool sign_rul
   m = warp_max(m);
   if (threadIdx.x % 32 == 0) *absmax = m;
   const float r = __fdiv_rn(1.0f, m);
+  if (map.buckets) {
+    const uint32_t negatives = map.negatives;
+#pragma unroll
+    for (int j = 0; j < kPerLane; j += 2) {
+      uint32_t q0, q1;
+      quantize_8bit_bucket2(map, __fmul_rn(s[j], r), __fmul_rn(s[j + 1], r), q0, q1);
+      c[j] = sign_rule ? sign_rule_by_split(q0, negatives, s[j]) : q0;
+      c[j + 1] = sign_rule ? sign_rule_by_split(q1, negatives, s[j + 1]) : q1;
+    }
+    return;
+  }
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     const uint8_t q = quantize_8bit_tree(map.tree, map.code, __fmul_rn(s[j], r));
@@ -226,11 +267,7 @@ __global__ void __launch_bounds__(kThreads) optimizer_kernel(const __grid_consta
                                                              const float* qmap1, const float* qmap2) {
   constexpr bool kTwo = optim::has_state2(K), kSlow = optim::has_slow_ema(K);
   __shared__ Code8Shared maps[k8bit ? (kTwo ? 2 : 1) : 1];
-  if constexpr (k8bit) {
-    load_map(maps[0], qmap1);
-    if constexpr (kTwo) load_map(maps[1], qmap2);
-    __syncthreads();
-  }
+  if constexpr (k8bit) load_maps<kTwo ? 2 : 1, kNorm>(maps, qmap1, qmap2);
   const int lane = threadIdx.x % 32;
   int current = -1;   // norm pass: the parameter whose sum this lane is accumulating
   double sum = 0.0;

@@ -17,14 +17,20 @@
 //   it quantizes the current one (two tiles in registers, as loaded), and the grid is what is
 //   resident (kResidentThreads a multiprocessor): 40 KiB of loads always in flight per
 //   multiprocessor. A 4-bit code takes one 32-bit shared-memory read and eight other
-//   instructions (Note [Bucket tables]).
+//   instructions (Note [Bucket tables]); an 8-bit code two shared-memory reads (a byte, then a
+//   threshold) and about eight other instructions (Note [8-bit bucket tables]), when the map
+//   passes that note's checks (the dynamic maps, a linear map), else the tree search of
+//   Note [Search trees] (9 reads). Each CTA builds its table (16 KiB for 4-bit, 6 KiB for 8-bit)
+//   once.
 // - quantize_8bit_warp_kernel: any other 8-bit blocksize. One warp per block, two passes over it
 //   (max, then codes); the second pass mostly hits L1/L2. Correctness path for unusual sizes.
 //
 // Bytes moved (the count the benchmarks divide by): 4-bit: n * sizeof(T) read + n / 2 written +
 // 4 per block; 8-bit: n * sizeof(T) + n + 4 per block.
-// Limitations: the 8-bit search costs ~9 shared-memory reads per element, so 8-bit quantization
-// is compute-bound below the bandwidth of 2-byte inputs on an H200.
+// Limitations: the 8-bit tree search (~9 shared-memory reads per element) ran at 22 % of the copy
+// bandwidth on an H200; the 8-bit bucket tables that replace it for maps passing their checks
+// run at 62 % (16384^2 bf16, bs 256). A map that fails them (e.g. entries closer than a bucket, or beyond +-2)
+// still takes the tree search.
 #include <cuda_runtime.h>
 
 #include <optional>
@@ -62,21 +68,6 @@ struct CodeByValue {
   float v[256];
   __device__ float operator[](int i) const { return v[i]; }
 };
-
-// Shared-memory tables of an 8-bit map: the sorted map and its search tree (codebook.hpp).
-struct Code8Shared {
-  float code[256];
-  float tree[256];
-};
-
-template <class Code>
-__device__ void load_code8(Code8Shared& s, const Code& code) {
-  for (int t = threadIdx.x; t < 256; t += blockDim.x) {
-    s.code[t] = code[t];
-    s.tree[t] = t == 0 ? 0.0f : code[code8_tree_index(t)];
-  }
-  __syncthreads();
-}
 
 // A thread's tile as loaded: its storage bits, two elements a word (2-byte types) or one (fp32).
 // The kernel loads the next tile into one before it quantizes the current one, and unpacks the
@@ -159,33 +150,28 @@ __device__ __forceinline__ void store_bytes(uint8_t* dst, const uint32_t (&w)[kW
 // given). Out: packed bytes (4-bit) or codes (8-bit); vec_out: out is aligned for a thread's
 // whole output (kPer/2 or kPer bytes) at once.
 // 4-bit codes come from the bucket table (Note [Bucket tables]) that each CTA builds in shared
-// memory (16 KiB); 8-bit codes from the search tree of the map.
+// memory (16 KiB); 8-bit codes from the map's Code8Table (6 KiB): its buckets (Note [8-bit bucket
+// tables]) when the map passes their checks, else its search tree.
 template <DType T, int Bits, QuantType QT, class Code, bool kCentered>
 __global__ void __launch_bounds__(kMaxThreads<T>, (kResidentThreads + kMaxThreads<T> - 1) / kMaxThreads<T>)
     quantize_blocks_kernel(const storage_t<T>* __restrict__ x, int64_t n, int log2_bs, Code4Tables t4, Code code8,
                            const float* offset_ptr, float offset, uint8_t* __restrict__ out,
                            float* __restrict__ absmax, bool vec_x, bool vec_out) {
   constexpr int kN = kPer<T>;
-  constexpr size_t kTableBytes = Bits == 4 ? sizeof(uint32_t) * kBuckets : sizeof(Code8Shared);
+  constexpr size_t kTableBytes = Bits == 4 ? sizeof(uint32_t) * kBuckets : sizeof(Code8Table);
   __shared__ alignas(16) unsigned char table[kTableBytes];
   __shared__ float red[32];
   const auto* buckets = reinterpret_cast<const uint32_t*>(table);
-  const auto* t8 = reinterpret_cast<const Code8Shared*>(table);
-  if constexpr (Bits == 4) {
-    for (uint32_t k = threadIdx.x; k < kBuckets; k += blockDim.x)
-      reinterpret_cast<uint32_t*>(table)[k] = make_bucket<QT>(t4.thresholds, k);
-    __syncthreads();
-  } else {
-    load_code8(*reinterpret_cast<Code8Shared*>(table), code8);
-  }
+  const auto* t8 = reinterpret_cast<const Code8Table*>(table);
   float off = 0.0f;
   if constexpr (kCentered) off = offset_ptr != nullptr ? *offset_ptr : offset;
   const int group = (1 << log2_bs) / kN;
   const int64_t per_tile = int64_t{blockDim.x} * kN, stride = int64_t{gridDim.x} * per_tile;
   const int64_t mine = int64_t{threadIdx.x} * kN;
   // One round: quantizes the tile at start from `now` after sending the loads of the one this CTA
-  // takes next (the last round reloads its own) into `next`.
-  const auto round = [&](int64_t start, const RawTile& now, RawTile& next) {
+  // takes next (the last round reloads its own) into `next`. kind: whether 8-bit codes come from
+  // the buckets of the Code8Table (std::true_type) or from its tree (std::false_type).
+  const auto round = [&](int64_t start, const RawTile& now, RawTile& next, auto kind) {
     const int64_t i = start + mine;
     const bool whole = start + per_tile <= n;
     const int valid = whole ? kN : (n > i ? static_cast<int>(n - i < kN ? n - i : kN) : 0);  // elements below n
@@ -220,30 +206,51 @@ __global__ void __launch_bounds__(kMaxThreads<T>, (kResidentThreads + kMaxThread
     } else {
       uint32_t w[kN / 4] = {};
 #pragma unroll
-      for (int j = 0; j < kN; ++j)
-        w[j / 4] |= uint32_t{quantize_8bit_tree(t8->tree, t8->code, __fmul_rn(v[j], r))} << (8 * (j % 4));
+      for (int j = 0; j < kN; j += 2) {  // two at a time: one conversion for both bucket indices
+        const float y0 = __fmul_rn(v[j], r), y1 = __fmul_rn(v[j + 1], r);
+        uint32_t q0, q1;
+        if constexpr (decltype(kind)::value) {
+          quantize_8bit_bucket2(*t8, y0, y1, q0, q1);
+        } else {
+          q0 = quantize_8bit_tree(t8->tree, t8->code, y0);
+          q1 = quantize_8bit_tree(t8->tree, t8->code, y1);
+        }
+        w[j / 4] |= (q0 << (8 * (j % 4))) | (q1 << (8 * ((j + 1) % 4)));
+      }
       store_bytes(out + i, w, valid, vec_out && valid == kN);
     }
   };
   // Two tiles in flight per thread at a time, in registers that swap roles every round (unrolled
   // by two so that no round copies one into the other). The grid has no more CTAs than tiles.
+  bool buckets8 = true;  // 8-bit: whether the map passed the checks of Note [8-bit bucket tables]
+  if constexpr (Bits == 4) {
+    for (uint32_t k = threadIdx.x; k < kBuckets; k += blockDim.x)
+      reinterpret_cast<uint32_t*>(table)[k] = make_bucket<QT>(t4.thresholds, k);
+    __syncthreads();
+  } else {
+    buckets8 = code8_build(*reinterpret_cast<Code8Table*>(table), code8);
+  }
   RawTile a, b;
   int64_t start = int64_t{blockIdx.x} * per_tile;
   load_tile<T>(x, start + mine, n, vec_x && start + per_tile <= n, a);
-  for (;;) {
-    round(start, a, b);
-    if ((start += stride) >= n) break;
-    round(start, b, a);
-    if ((start += stride) >= n) break;
-  }
+  const auto loop = [&](auto kind) {
+    for (;;) {
+      round(start, a, b, kind);
+      if ((start += stride) >= n) break;
+      round(start, b, a, kind);
+      if ((start += stride) >= n) break;
+    }
+  };
+  if (Bits == 4 || buckets8) loop(std::true_type{});  // uniform within the launch
+  else if constexpr (Bits == 8) loop(std::false_type{});
 }
 
 // 8-bit quantization for any blocksize: one warp per block, reading it twice.
 template <DType T, class Code>
 __global__ void quantize_8bit_warp_kernel(const storage_t<T>* __restrict__ x, int64_t n, int64_t bs, Code code8,
                                           uint8_t* __restrict__ q, float* __restrict__ absmax) {
-  __shared__ Code8Shared t8;
-  load_code8(t8, code8);
+  __shared__ Code8Table t8;
+  const bool buckets8 = code8_build(t8, code8);  // Note [8-bit bucket tables], else the tree
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t{gridDim.x} * (blockDim.x / 32);
   const int64_t nb = ceil_div(n, bs);
@@ -254,8 +261,10 @@ __global__ void quantize_8bit_warp_kernel(const storage_t<T>* __restrict__ x, in
     m = warp_max(m);
     if (lane == 0) absmax[b] = m;
     const float r = __fdiv_rn(1.0f, m);
-    for (int64_t i = begin + lane; i < end; i += 32)
-      q[i] = quantize_8bit_tree(t8.tree, t8.code, __fmul_rn(Elem<T>::load(x, i), r));
+    for (int64_t i = begin + lane; i < end; i += 32) {
+      const float y = __fmul_rn(Elem<T>::load(x, i), r);
+      q[i] = static_cast<uint8_t>(buckets8 ? quantize_8bit_bucket(t8, y) : quantize_8bit_tree(t8.tree, t8.code, y));
+    }
   }
 }
 
