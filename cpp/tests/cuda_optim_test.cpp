@@ -16,16 +16,14 @@
 #include <string>
 #include <vector>
 
+#include "cuda_test_util.hpp"
 #include "optim_test_util.hpp"
 
 namespace nybble {
 namespace {
 
 using namespace optim_test;
-
-void cuda_check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
+using test::cuda_check;
 
 // Device copies of a host vector, `shift` bytes past a 256-byte aligned allocation.
 class DeviceVec {
@@ -104,18 +102,8 @@ struct DeviceParam {
   }
 };
 
-class CudaOptim : public ::testing::Test {
+class CudaOptim : public test::CudaStreamTest {
  protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible: the CUDA optimizer tests need a GPU";
-    set_cpu_isa("ref");
-    cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-  }
-  void TearDown() override {
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
-    set_cpu_isa("auto");
-  }
-
   void run_gpu(const OptimizerConfig& c, const std::vector<const DeviceParam*>& ds, bool eight) const {
     const bool two = two_states(c.optimizer);
     DeviceVec m1(dynamic_map_signed().data(), 1024, 0), m2(dynamic_map_unsigned().data(), 1024, 0);
@@ -137,7 +125,6 @@ class CudaOptim : public ::testing::Test {
     cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");  // before the maps are freed
   }
 
-  cudaStream_t stream_ = nullptr;
   std::mt19937_64 rng_{test::test_seed()};
 };
 

@@ -50,6 +50,8 @@ void dequantize_4bit(const TensorView& packed, const BlockScales& scales, int64_
 // out[M, N] = A[M, K] @ W^T (+ bias[N]), W the 4-bit weight [N, K] packed row-major over its
 // N*K elements (blocks run over that flat index, so any K works). A, bias and out share one
 // dtype (f32/f16/bf16); accumulation is in fp32. The dequantized weight is never materialized.
+// The weights enter the products exactly (fp32), except on CUDA with more than 8 rows of bf16/fp16
+// A, where the tensor-core kernel rounds each weight to A's type as dequantize_4bit does.
 void gemm_4bit(const TensorView& A, const TensorView& packed, const BlockScales& scales,
                int64_t blocksize, QuantType quant_type, const std::optional<TensorView>& bias,
                const TensorView& out);

@@ -31,6 +31,11 @@ decltype(nybble::int8_vectorwise_quant) int8_vectorwise_quant;  // outlier_cols 
 decltype(nybble::int8_vectorwise_dequant) int8_vectorwise_dequant;
 decltype(nybble::int8_linear_matmul) int8_linear_matmul;
 decltype(nybble::int8_mm_dequant) int8_mm_dequant;
+// gemm_4bit's tensor-core kernel (gemm4_mma.cu), which gemm_4bit (gemm4.cu) calls under the rule
+// of Note [gemm_4bit paths]: bf16/fp16 activations and a 4-byte aligned packed buffer, any M, N, K.
+// tile_wk 1, 2 or 4 forces a tile (Note [Tile choice]; for tests and sweeps), 0 picks one.
+void gemm_4bit_mma(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
+                   QuantType qt, const std::optional<TensorView>& bias, const TensorView& out, int tile_wk = 0);
 // The mean into a device tensor, or back to the host (this one synchronizes absmax's stream).
 void absmax_mean(const TensorView& absmax, const TensorView& out);
 float absmax_mean_to_host(const TensorView& absmax);

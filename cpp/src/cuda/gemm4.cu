@@ -251,6 +251,14 @@ void gemm_4bit(const TensorView& A, const TensorView& packed, const BlockScales&
                QuantType qt, const std::optional<TensorView>& bias, const TensorView& out) {
   const int64_t M = A.shape[0], K = A.shape[1], N = out.shape[1];
   if (M == 0 || N == 0) return;
+  // Note [gemm_4bit paths]: up to kMaxRows (8) rows of A, the streaming kernel of this file (exact
+  // fp32 weights). Above, with bf16/fp16 activations, the tensor-core kernel (gemm4_mma.cu: the
+  // weights rounded to T as dequantize_4bit rounds them, as dequantize + a bf16 GEMM would), for
+  // any M; the Python layer sends M above GPU_FUSED_MAX_ROWS (_ops.py) to dequantize + cuBLASLt
+  // instead. fp32 activations, and a packed buffer that is not 4-byte aligned (the tensor-core
+  // kernel's 4-byte cp.async), stay on the streaming kernel for every M.
+  if (M > kMaxRows && (A.dtype == DType::BF16 || A.dtype == DType::F16) && aligned(packed.data, 4))
+    return gemm_4bit_mma(A, packed, scales, blocksize, qt, bias, out);
   const Call call("gemm_4bit", A);
   dispatch_float(A.dtype, [&](auto t) {
     constexpr DType T = decltype(t)::value;
