@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_commit() -> str:
-    """HEAD's short hash, marked when tracked files have uncommitted changes; "unknown" outside git."""
+    """HEAD's short hash, marked when tracked files have uncommitted changes; "unknown" outside git.
+    NYBBLE_BENCH_COMMIT overrides it (a copy of the tree whose .git is not its own)."""
+    if os.environ.get("NYBBLE_BENCH_COMMIT"):
+        return os.environ["NYBBLE_BENCH_COMMIT"]
     try:
         sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], check=True,
                              capture_output=True, text=True).stdout.strip()

@@ -253,6 +253,10 @@ def render(data: dict) -> str:
            "Timing: CUDA events, median of 20 batches after warm-up. Bytes counted as spec/performance.md "
            "(quantize/dequantize: 2 B + 0.5 B (4-bit) or 1 B (8-bit) per element + absmax; matmul: the packed "
            "weight + absmax + nested absmax).", "",
+           "Each target missed below, what limits it (found by measurement) and what would close it: "
+           "[h200-targets.md](h200-targets.md). Single eager calls profiled: "
+           "[h200-eager-profile.md](h200-eager-profile.md) (`bench/profile_eager.py`). Optimizer steps: "
+           "[optim-cuda.md](optim-cuda.md) (`bench/run_optim_bench.py --device cuda`).", "",
            f"## Quantization, W = {data['config']['quant_shape'][0]} × {data['config']['quant_shape'][1]}", "",
            "| op | reference | % of B | nybble | % of B | nybble × | target | mean abs err ref / nybble |",
            "|---|---:|---:|---:|---:|---:|---|---|"]

@@ -157,6 +157,15 @@ def render(data: dict) -> str:
              "and gradients: 28 B an element for 32-bit Adam, 16 for 8-bit Adam/LAMB, 14 for Lion, 18 for "
              "AdEMAMix) over the step time. × ref = the reference's time / nybble's. State: bytes of the "
              "optimizer's state tensors.", ""]
+    errors = []  # a library's refusal, shown once below its table
+
+    def refused(row):
+        if "error" not in row:
+            return "—"
+        if row["error"] not in errors:
+            errors.append(row["error"])
+        return f"refused [{errors.index(row['error']) + 1}]"
+
     for case, sizes in cfg["cases"].items():
         n = sum(sizes)
         lines += [f"## {case}: {len(sizes)} tensors, {n:,} parameters", "",
@@ -179,12 +188,12 @@ def render(data: dict) -> str:
             if device == "cpu" and vs_ref is not None:
                 target = f"≥ {TARGET_CPU_VS_REF:.0f}× ref: " + ("met" if vs_ref >= TARGET_CPU_VS_REF else "**not met**")
             lines.append(
-                f"| {name} | {fmt_ms(t_ref) if t_ref else ref.get('error', '—')[:60]} | "
-                f"{fmt_ms(t_ours) if t_ours else ours.get('error', '—')[:60]} | "
+                f"| {name} | {fmt_ms(t_ref) if t_ref else refused(ref)} | {fmt_ms(t_ours) if t_ours else refused(ours)} | "
                 f"{'—' if vs_ref is None else f'{vs_ref:.2f}×'} | {'—' if frac is None else f'{frac:.0%}'} | "
                 f"{fmt_ms(t_torch)} | {'—' if not (t_ours and t_torch) else f'{t_torch / t_ours:.2f}×'} | "
                 f"{ours.get('state_bytes', 0) / 2**20:.1f} MiB | {target} |")
         lines.append("")
+    lines += [f"[{i + 1}] {e}" for i, e in enumerate(errors)]
     return "\n".join(lines)
 
 
