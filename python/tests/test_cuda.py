@@ -165,6 +165,22 @@ def test_matmul_4bit_every_M_against_dequantize_and_linear(M, nested, dtype, N):
     torch.testing.assert_close(got.float(), expected, rtol=tol, atol=tol * K ** 0.5)
 
 
+def test_quantized_linear4bit_moves_between_gpu_and_cpu_as_it_is():
+    # A layer quantized on the GPU keeps its packed bytes and quant state on the CPU and back
+    # (docs/usage.md: placing a quantized model), and computes the same on either device.
+    torch.manual_seed(0)
+    layer = nybble.nn.Linear4bit(256, 64, compute_dtype=torch.bfloat16, quant_type="nf4").cuda()
+    packed = layer.weight.detach().clone()
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    on_gpu = layer(x.cuda()).float().cpu()
+    layer = layer.to("cpu")
+    assert layer.weight.device.type == "cpu" and layer.weight.quant_state.absmax.device.type == "cpu"
+    assert torch.equal(layer.weight.detach().view(torch.uint8), packed.cpu().view(torch.uint8))
+    torch.testing.assert_close(layer(x).float(), on_gpu, rtol=2e-2, atol=1e-2)
+    layer = layer.to("cuda")
+    assert torch.equal(layer(x.cuda()).float().cpu(), on_gpu)
+
+
 # ---- CUDA graphs and torch.compile ---------------------------------------------------------------
 
 
