@@ -13,6 +13,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def log(msg: str) -> None:
+    """Progress, on stderr (stdout carries the tables)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 def git_commit() -> str:
     """HEAD's short hash, marked when tracked files have uncommitted changes; "unknown" outside git.
     NYBBLE_BENCH_COMMIT overrides it (a copy of the tree whose .git is not its own)."""
@@ -49,7 +54,7 @@ def run_worker(script: str, lib: str, cfg: dict, env: dict) -> dict:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, str(Path(script).resolve()), "--worker", lib, "--config", json.dumps(cfg),
                "--result", str(out)]
-        print(f"+ {lib}: PYTHONPATH={env.get('PYTHONPATH', '')}", file=sys.stderr, flush=True)
+        log(f"+ {lib}: PYTHONPATH={env.get('PYTHONPATH', '')}")
         proc = subprocess.run(cmd, env=env, cwd=ROOT)
         if proc.returncode != 0 or not out.exists():
             return {"info": {"lib": lib, "failed": f"worker exited with {proc.returncode}"}, "rows": {}}

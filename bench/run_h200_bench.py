@@ -29,7 +29,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _common import ROOT, add_worker_arguments, git_commit, lib_env, run_worker, serve_worker
+from _common import ROOT, add_worker_arguments, git_commit, lib_env, log, run_worker, serve_worker
 LIBS = ("torch", "reference", "nybble")
 MATMUL_SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (8192, 8192), (28672, 8192), (8192, 28672)]
 MATMUL_M = [1, 4, 16, 64, 256, 1024, 4096]
@@ -39,10 +39,6 @@ INT8_M = [1, 16, 256, 4096]
 QUANT_TARGETS = {"quantize_4bit": 0.70, "quantize_blockwise": 0.70, "dequantize_4bit": 0.85,
                  "dequantize_blockwise": 0.85, "int8_vectorwise_quant": 0.80}
 MATMUL_TARGETS = {16: 2.5, 64: 1.5, 256: 1.0, 1024: 0.95, 4096: 0.95}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ---- timing (runs in the workers) ------------------------------------------------------------------
@@ -323,9 +319,10 @@ def main() -> int:
         data = json.loads(args.from_json.read_text())
     else:
         cfg = make_config(args.quick)
+        reference = ROOT / ".ref" / "bnb-cuda"
         data = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "commit": git_commit(), "config": cfg, "results": {lib: run_worker(__file__, lib, cfg, lib_env(lib, ROOT / ".ref" / "bnb-cuda"))
-                                                       for lib in LIBS}}
+                "commit": git_commit(), "config": cfg,
+                "results": {lib: run_worker(__file__, lib, cfg, lib_env(lib, reference)) for lib in LIBS}}
         for lib in LIBS:
             if "failed" in data["results"][lib]["info"]:
                 log(f"{lib}: {data['results'][lib]['info']['failed']}")

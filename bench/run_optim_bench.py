@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, add_worker_arguments, git_commit, lib_env, run_worker, serve_worker
+from _common import ROOT, add_worker_arguments, git_commit, lib_env, log, run_worker, serve_worker
 
 LIBS = ("torch", "reference", "nybble")
 OPTIMIZERS = ("AdamW", "AdamW8bit", "PagedAdamW8bit", "Lion8bit", "AdEMAMix8bit", "LAMB8bit")
@@ -47,10 +47,6 @@ def make_config(device: str, quick: bool) -> dict:
     large = (1 << 20) if quick else (1_070_000_000 // 16 if device == "cuda" else 4 << 20)
     return {"device": device, "cases": {"large": [large] * 16, "small": [4096] * (100 if quick else 1000)},
             "reps": 3 if quick else (20 if device == "cuda" else 5)}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, git_commit
+from _common import ROOT, git_commit, log
 BEGIN = "<!-- python-bench:begin -->"
 END = "<!-- python-bench:end -->"
 LIBS = ("torch", "reference", "nybble")
@@ -159,10 +159,6 @@ def timeit(fn, budget_s: float, min_reps: int = 3, max_reps: int = 15, rep_s: fl
             gc.enable()
     return {"s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples),
             "reps": reps, "iters": iters}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def worker(lib: str, cfg: dict) -> dict:
@@ -580,7 +576,7 @@ def render(data: dict) -> str:
     B = copy_bps(data)
     ev = evaluate(data)
     info = {lib: res.get(lib, {}).get("info", {}) for lib in LIBS}
-    nyb, ref, tor = info["nybble"], info["reference"], info["torch"]
+    nyb, ref = info["nybble"], info["reference"]
     clone = res.get("torch", {}).get("rows", {}).get("clone")
     copies_seen = [f"{lib} {copy_bps(data, lib) / 1e9:.1f}" for lib in LIBS if copy_bps(data, lib)]
     runs = sorted({res[lib].get("run", info[lib].get("date", "?"))[:16] for lib in LIBS if lib in res})

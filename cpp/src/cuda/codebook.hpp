@@ -469,8 +469,8 @@ NYBBLE_HD bool code8_negatives_at(const float* code, int i, uint32_t& negatives)
   return true;
 }
 
-// The table of a map on one thread (the host tests); returns whether the kernels would use the
-// buckets (else t.tree holds the tree).
+// The table of a map on one thread (the AVX2 quantizer, cpu/avx2/quantize.cpp, and the host
+// tests); returns whether the buckets apply (else t.tree holds the tree).
 inline bool code8_build_serial(const float* code, Code8Table& t) {
   bool ok = true;
   for (int i = 0; i < 256; ++i) {
