@@ -195,11 +195,13 @@ std::optional<TensorView> list_item(const OptionalArrayList& list, size_t i, uin
 }
 
 void check_lists(size_t n, const ArrayList& p, const ArrayList& state1, const OptionalArrayList& state2,
-                 const OptionalArrayList& unorm_vec, const std::vector<float>& param_norm) {
+                 const OptionalArrayList& unorm_vec, const std::vector<float>& param_norm,
+                 const OptionalArrayList& step_count) {
   check_list_length("p", p.size(), n);
   check_list_length("state1", state1.size(), n);
   if (state2) check_list_length("state2", state2->size(), n);
   if (unorm_vec) check_list_length("unorm_vec", unorm_vec->size(), n);
+  if (step_count) check_list_length("step_count", step_count->size(), n);
   if (!param_norm.empty()) check_list_length("param_norm", param_norm.size(), n);
 }
 
@@ -317,19 +319,23 @@ NB_MODULE(_C, m) {
                                            const OptionalArrayList& unorm_vec, const std::vector<float>& param_norm,
                                            float max_unorm, float beta1, float beta2, float beta3, float alpha,
                                            float eps, float weight_decay, int64_t step, float lr, float gnorm_scale,
-                                           bool skip_zeros, uintptr_t stream) {
-          const auto c = optimizer_config(name, max_unorm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr,
-                                          gnorm_scale, skip_zeros);
-          check_lists(g.size(), p, state1, state2, unorm_vec, param_norm);
+                                           bool skip_zeros, const OptionalArrayList& step_count,
+                                           const std::optional<Array>& lr_tensor, uintptr_t stream) {
+          auto c = optimizer_config(name, max_unorm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr,
+                                    gnorm_scale, skip_zeros);
+          c.lr_tensor = to_view(lr_tensor, stream);
+          check_lists(g.size(), p, state1, state2, unorm_vec, param_norm, step_count);
           std::vector<nybble::OptimizerState32> params;
           for (size_t i = 0; i < g.size(); ++i)
             params.push_back({to_view(g[i], stream), to_view(p[i], stream), to_view(state1[i], stream),
-                              list_item(state2, i, stream), list_item(unorm_vec, i, stream), norm_item(param_norm, i)});
+                              list_item(state2, i, stream), list_item(unorm_vec, i, stream), norm_item(param_norm, i),
+                              list_item(step_count, i, stream)});
           nb::gil_scoped_release release;
           nybble::optimizer_update_32bit_multi(c, params);
         }, arg("optimizer_name"), arg("g"), arg("p"), arg("state1"), arg("state2").none(), arg("unorm_vec").none(),
         arg("param_norm"), arg("max_unorm"), arg("beta1"), arg("beta2"), arg("beta3"), arg("alpha"), arg("eps"),
-        arg("weight_decay"), arg("step"), arg("lr"), arg("gnorm_scale"), arg("skip_zeros"), arg("stream") = 0);
+        arg("weight_decay"), arg("step"), arg("lr"), arg("gnorm_scale"), arg("skip_zeros"),
+        arg("step_count").none() = nb::none(), arg("lr_tensor").none() = nb::none(), arg("stream") = 0);
 
   m.def("optimizer_update_8bit_blockwise", [](const std::string& name, const Array& g, const Array& p,
                                               const Array& state1, const std::optional<Array>& state2, float beta1,
@@ -359,10 +365,12 @@ NB_MODULE(_C, m) {
                                                     float gnorm_scale, bool skip_zeros,
                                                     const OptionalArrayList& unorm_vec,
                                                     const std::vector<float>& param_norm, float max_unorm,
-                                                    uintptr_t stream) {
-          const auto c = optimizer_config(name, max_unorm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr,
-                                          gnorm_scale, skip_zeros);
-          check_lists(g.size(), p, state1, state2, unorm_vec, param_norm);
+                                                    const OptionalArrayList& step_count,
+                                                    const std::optional<Array>& lr_tensor, uintptr_t stream) {
+          auto c = optimizer_config(name, max_unorm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr,
+                                    gnorm_scale, skip_zeros);
+          c.lr_tensor = to_view(lr_tensor, stream);
+          check_lists(g.size(), p, state1, state2, unorm_vec, param_norm, step_count);
           check_list_length("absmax1", absmax1.size(), g.size());
           if (absmax2) check_list_length("absmax2", absmax2->size(), g.size());
           const auto q1 = to_view(qmap1, stream);
@@ -371,13 +379,14 @@ NB_MODULE(_C, m) {
           for (size_t i = 0; i < g.size(); ++i)
             params.push_back({to_view(g[i], stream), to_view(p[i], stream), to_view(state1[i], stream),
                               to_view(absmax1[i], stream), list_item(state2, i, stream), list_item(absmax2, i, stream),
-                              list_item(unorm_vec, i, stream), norm_item(param_norm, i)});
+                              list_item(unorm_vec, i, stream), norm_item(param_norm, i), list_item(step_count, i, stream)});
           nb::gil_scoped_release release;
           nybble::optimizer_update_8bit_blockwise_multi(c, q1, q2, params);
         }, arg("optimizer_name"), arg("g"), arg("p"), arg("state1"), arg("state2").none(), arg("beta1"), arg("beta2"),
         arg("beta3"), arg("alpha"), arg("eps"), arg("step"), arg("lr"), arg("qmap1"), arg("qmap2").none(),
         arg("absmax1"), arg("absmax2").none(), arg("weight_decay"), arg("gnorm_scale"), arg("skip_zeros"),
-        arg("unorm_vec").none(), arg("param_norm"), arg("max_unorm"), arg("stream") = 0);
+        arg("unorm_vec").none(), arg("param_norm"), arg("max_unorm"), arg("step_count").none() = nb::none(),
+        arg("lr_tensor").none() = nb::none(), arg("stream") = 0);
 
   // Paged buffers: zero-filled managed memory as a 1-D uint8 CUDA tensor of `device` that frees
   // the memory when torch releases the tensor; the torch layer views it as the dtype it needs.

@@ -8,7 +8,9 @@ reference-style calls never pass: ``dequantize_4bit`` accepts the double-quantiz
 accepts any number of rows. Two ops are nybble's own: ``optimizer_update_32bit_multi`` and
 ``optimizer_update_8bit_blockwise_multi`` update a list of parameters with one set of
 hyperparameters in one kernel call (the optimizers' step); the 8-bit one also clips the update
-norm (``max_unorm``), which the reference's 8-bit op cannot.
+norm (``max_unorm``), which the reference's 8-bit op cannot. Both take optional device scalars:
+``step_count`` (one fp32 [1] tensor per parameter) and ``lr_tensor`` (fp32 [1]), read by the kernel
+when it runs instead of ``step`` and ``lr``, so that a CUDA graph can capture the step.
 
 The kernel functions here only check what the fake kernels cannot (values), allocate outputs and
 call nybble._C; all element work is in C++. The same functions serve the CPU and the CUDA
@@ -63,12 +65,13 @@ _SCHEMAS = {
     "float gnorm_scale, bool skip_zeros=False) -> ()",
     "optimizer_update_32bit_multi": "(str optimizer_name, Tensor[] g, Tensor(a1!)[] p, Tensor(a2!)[] state1, "
     "Tensor(a3!)[]? state2, Tensor(a4!)[]? unorm_vec, float max_unorm, float beta1, float beta2, float beta3, "
-    "float alpha, float eps, float weight_decay, int step, float lr, float gnorm_scale, bool skip_zeros=False) -> ()",
+    "float alpha, float eps, float weight_decay, int step, float lr, float gnorm_scale, bool skip_zeros=False, "
+    "Tensor[]? step_count=None, Tensor? lr_tensor=None) -> ()",
     "optimizer_update_8bit_blockwise_multi": "(str optimizer_name, Tensor[] g, Tensor(a1!)[] p, "
     "Tensor(a2!)[] state1, Tensor(a3!)[]? state2, float beta1, float beta2, float beta3, float alpha, float eps, "
     "int step, float lr, Tensor qmap1, Tensor? qmap2, Tensor(a6!)[] absmax1, Tensor(a7!)[]? absmax2, "
     "float weight_decay, float gnorm_scale, bool skip_zeros=False, Tensor(a8!)[]? unorm_vec=None, "
-    "float max_unorm=0.0) -> ()",
+    "float max_unorm=0.0, Tensor[]? step_count=None, Tensor? lr_tensor=None) -> ()",
 }
 for _name, _schema in _SCHEMAS.items():
     _lib.define(_name + _schema)
@@ -599,6 +602,10 @@ def _param_norms(p, max_unorm: float) -> list[float]:
     (one transfer of all norms), never without clipping."""
     if not max_unorm > 0.0:
         return []
+    if p[0].is_cuda and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(f"max_unorm = {max_unorm}: a step that clips the update norm (LAMB, LARS) reads the "
+                           "parameters' norms on the host and cannot be captured in a CUDA graph; capture steps "
+                           "with max_unorm = 0")
     return torch.stack([fp32_norm(t) for t in p]).tolist()
 
 
@@ -646,19 +653,20 @@ def _check_optimizer_32bit_multi(g, p, state1, state2) -> None:
 
 @_fake("optimizer_update_32bit_multi")
 def _(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, beta1, beta2, beta3, alpha, eps, weight_decay,
-      step, lr, gnorm_scale, skip_zeros=False):
+      step, lr, gnorm_scale, skip_zeros=False, step_count=None, lr_tensor=None):
     _check_optimizer_32bit_multi(g, p, state1, state2)
 
 
 @_kernel("optimizer_update_32bit_multi")
 def _(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, beta1, beta2, beta3, alpha, eps, weight_decay,
-      step, lr, gnorm_scale, skip_zeros=False):
+      step, lr, gnorm_scale, skip_zeros=False, step_count=None, lr_tensor=None):
     if not p:
         return
     try:
         _C.optimizer_update_32bit_multi(optimizer_name, [t.contiguous() for t in g], p, state1, state2, unorm_vec,
                                         _param_norms(p, max_unorm), max_unorm, beta1, beta2, beta3, alpha, eps,
-                                        weight_decay, step, lr, gnorm_scale, skip_zeros, stream=_stream(p[0]))
+                                        weight_decay, step, lr, gnorm_scale, skip_zeros, step_count, lr_tensor,
+                                        stream=_stream(p[0]))
     except Exception:
         _check_optimizer_32bit_multi(g, p, state1, state2)  # Note [Checks on failure]
         raise
@@ -671,20 +679,23 @@ def _check_optimizer_8bit_multi(g, p, state1, state2, qmap1, qmap2, absmax1, abs
 
 @_fake("optimizer_update_8bit_blockwise_multi")
 def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1,
-      absmax2, weight_decay, gnorm_scale, skip_zeros=False, unorm_vec=None, max_unorm=0.0):
+      absmax2, weight_decay, gnorm_scale, skip_zeros=False, unorm_vec=None, max_unorm=0.0, step_count=None,
+      lr_tensor=None):
     _check_optimizer_8bit_multi(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2)
 
 
 @_kernel("optimizer_update_8bit_blockwise_multi")
 def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1,
-      absmax2, weight_decay, gnorm_scale, skip_zeros=False, unorm_vec=None, max_unorm=0.0):
+      absmax2, weight_decay, gnorm_scale, skip_zeros=False, unorm_vec=None, max_unorm=0.0, step_count=None,
+      lr_tensor=None):
     if not p:
         return
     try:
         _C.optimizer_update_8bit_blockwise_multi(optimizer_name, [t.contiguous() for t in g], p, state1, state2,
                                                  beta1, beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1,
                                                  absmax2, weight_decay, gnorm_scale, skip_zeros, unorm_vec,
-                                                 _param_norms(p, max_unorm), max_unorm, stream=_stream(p[0]))
+                                                 _param_norms(p, max_unorm), max_unorm, step_count, lr_tensor,
+                                                 stream=_stream(p[0]))
     except Exception:
         _check_optimizer_8bit_multi(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2)  # Note [Checks on failure]
         raise

@@ -827,6 +827,138 @@ def test_step_runs_on_the_current_stream():
     assert same(p, q)
 
 
+# ---- device scalars: a tensor lr, step counts on the device, CUDA graphs (Note [Capturable steps]) -----------
+
+TENSOR_LR_CASES = {
+    "AdamW": {}, "AdamW8bit": {}, "Lion8bit": {}, "AdEMAMix8bit": {}, "RMSprop": {},
+    "SGD8bit": {"momentum": 0.9},  # momentum's first step starts from g: the count decides it
+    "PagedAdamW8bit": {},
+}
+# PARAM_SPECS and one parameter large enough to be paged (>= 1e5 elements).
+SCALAR_SPECS = PARAM_SPECS + [((512, 256), torch.bfloat16)]
+
+
+def _twin_params(device):
+    params = [torch.nn.Parameter(torch.randn(shape, device=device, dtype=dtype) * 0.1) for shape, dtype in SCALAR_SPECS]
+    return params, [torch.nn.Parameter(p.detach().clone()) for p in params]
+
+
+def _assert_same_states(ours, theirs, params, copies, steps):
+    for p, q in zip(params, copies):
+        assert same(p, q), f"parameter {tuple(p.shape)} {p.dtype}"
+        for key, value in ours.state[p].items():
+            if key == "step":
+                assert value.dtype == torch.float32 and value.device == p.device and value.item() == steps
+                assert theirs.state[q]["step"] == steps
+            else:
+                assert same(value, theirs.state[q][key]), key
+
+
+@pytest.mark.parametrize("name", list(TENSOR_LR_CASES))
+def test_tensor_lr_steps_equal_float_lr_steps(device, name):
+    cls, kwargs = getattr(bnb.optim, name), TENSOR_LR_CASES[name]
+    params, copies = _twin_params(device)
+    lr = torch.tensor(1e-3, device=device)
+    ours, theirs = cls(params, lr=lr, **kwargs), cls(copies, lr=1e-3, **kwargs)
+    for step in range(1, 6):
+        if step == 4:  # a new lr takes effect at the next step, as a scheduler sets it
+            lr.fill_(3e-4)
+            theirs.param_groups[0]["lr"] = 3e-4
+        for p, q in zip(params, copies):
+            p.grad = torch.randn_like(p) * 0.01
+            q.grad = p.grad.clone()
+        ours.step()
+        theirs.step()
+        _assert_same_states(ours, theirs, params, copies, step)
+    # The state_dict keeps the reference's format (an int count); a loaded one resumes on the device.
+    state_dict = ours.state_dict()
+    assert all(s["step"] == 5 and type(s["step"]) is int for s in state_dict["state"].values())
+    params2 = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    resumed = cls(params2, lr=lr, **kwargs)
+    resumed.load_state_dict(state_dict)
+    for p, p2, q in zip(params, params2, copies):
+        q.grad = torch.randn_like(q) * 0.01
+        p2.grad = q.grad.clone()
+    resumed.step()
+    theirs.step()
+    _assert_same_states(resumed, theirs, params2, copies, 6)
+
+
+def test_device_scalar_errors(device):
+    p = torch.nn.Parameter(torch.randn(5000, device=device))
+    p.grad = torch.randn_like(p)
+    with pytest.raises(ValueError, match="t_alpha = 5.*tensor lr"):
+        bnb.optim.AdEMAMix8bit([p], lr=torch.tensor(1e-3, device=device), t_alpha=5).step()
+    before = p.detach().clone()
+    s1, s2 = torch.zeros_like(p), torch.zeros_like(p)
+    op = torch.ops.nybble.optimizer_update_32bit_multi
+    args = ("adam", [p.grad], [p], [s1], [s2], None, 0.0, 0.9, 0.999, 0.0, 0.0, 1e-8, 0.0, 1, 1e-3, 1.0, False)
+    with pytest.raises(TypeError, match=r"lr_tensor.dtype = float16 is not supported \(must be float32\)"):
+        op(*args, lr_tensor=torch.tensor(1e-3, device=device, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"step_count = float32 \[2\] .* has 2 elements, must have 1"):
+        op(*args, step_count=[torch.ones(2, device=device)])
+    if device == "cpu":  # a GPU reads the count only when the kernel runs
+        with pytest.raises(ValueError, match=r"step_count = 0\.5.* whole number >= 1"):
+            op(*args, step_count=[torch.tensor(0.5)])
+    assert same(p, before) and not s1.any() and not s2.any()
+
+
+@requires_cuda
+@pytest.mark.parametrize("name", list(TENSOR_LR_CASES))
+def test_step_captured_in_a_cuda_graph_replays_eager_steps(name):
+    cls, kwargs = getattr(bnb.optim, name), TENSOR_LR_CASES[name]
+    params, copies = _twin_params("cuda")
+    lr = torch.tensor(1e-3, device="cuda")
+    captured, eager = cls(params, lr=lr, **kwargs), cls(copies, lr=1e-3, **kwargs)
+    for p in params:
+        p.grad = torch.zeros_like(p)  # static gradients: the graph reads these addresses
+
+    def new_grads():
+        for p, q in zip(params, copies):
+            p.grad.copy_(torch.randn_like(p) * 0.01)
+            q.grad = p.grad.clone()
+
+    side = torch.cuda.Stream()  # warm-up steps (the states are built here) on a side stream, as torch advises
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            new_grads()
+            captured.step()
+            eager.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured.step()
+    for replay in range(4):
+        if replay == 2:
+            lr.fill_(3e-4)
+            eager.param_groups[0]["lr"] = 3e-4
+        new_grads()
+        graph.replay()
+        eager.step()
+    torch.cuda.synchronize()
+    _assert_same_states(captured, eager, params, copies, 6)
+
+
+@requires_cuda
+def test_clipped_step_refuses_capture_and_changes_nothing():
+    p = torch.nn.Parameter(torch.randn(5000, device="cuda"))
+    p.grad = torch.randn_like(p)
+    optimizer = bnb.optim.LAMB8bit([p], lr=torch.tensor(1e-3, device="cuda"))
+    optimizer.step()
+    torch.cuda.synchronize()
+    before = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in optimizer.state[p].items()}
+    weights = p.detach().clone()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="max_unorm = 1.0.*cannot be captured"):
+        with torch.cuda.graph(graph):
+            optimizer.step()
+    torch.cuda.synchronize()
+    assert same(p, weights)
+    for key, value in optimizer.state[p].items():
+        assert same(value, before[key]) if isinstance(value, torch.Tensor) else value == before[key], key
+
+
 # ---- state_dicts exchanged with the reference ---------------------------------------------------------------
 
 EXCHANGE_CASES = {

@@ -68,6 +68,11 @@ struct OptimizerConfig {
   // > 0: the update u is scaled by min(1, limit / ||u||), limit = max_unorm * param_norm (plus
   // eps for the 1-state optimizers). Adam, LAMB, momentum, LARS and RMSprop only.
   float max_unorm = 0.0f;
+  // Note [Device scalars]: f32 [1] on the parameters' device. When given, the step reads its
+  // learning rate there, when it runs (a GPU reads it in the kernel: nothing waits for the host),
+  // instead of `lr`. With each parameter's step_count, a GPU step is a fixed sequence of launches
+  // over fixed addresses that a CUDA graph can capture and replay with new values.
+  std::optional<TensorView> lr_tensor = std::nullopt;
 };
 
 // One parameter of optimizer_update_32bit: n = p.numel() elements.
@@ -78,6 +83,10 @@ struct OptimizerState32 {
   std::optional<TensorView> state2 = std::nullopt;     // f32, n elements: Adam, LAMB, AdEMAMix only
   std::optional<TensorView> unorm_vec = std::nullopt;  // f32 [1], required when max_unorm > 0: receives sum(u^2)
   float param_norm = 0.0f;              // ||p||_2 before the step, when max_unorm > 0
+  // f32 [1] on p's device: this step's 1-based count, read when the step runs, instead of
+  // config.step (torch's capturable step tensor, advanced by the caller; Note [Device scalars]).
+  // A CPU step checks that it is >= 1; a GPU step cannot look at it before it runs.
+  std::optional<TensorView> step_count = std::nullopt;
 };
 
 // One parameter of optimizer_update_8bit_blockwise: n = p.numel() elements, nb = ceil(n / 256).
@@ -90,6 +99,7 @@ struct OptimizerState8bit {
   std::optional<TensorView> absmax2 = std::nullopt;  // f32, nb: with state2
   std::optional<TensorView> unorm_vec = std::nullopt;
   float param_norm = 0.0f;
+  std::optional<TensorView> step_count = std::nullopt;  // as OptimizerState32's
 };
 
 void optimizer_update_32bit(const OptimizerConfig& config, const OptimizerState32& param);

@@ -36,7 +36,16 @@ const TensorView* opt(const std::optional<TensorView>& t) { return t ? &*t : nul
 
 std::string fmt(float v) { return std::to_string(v); }
 
+// A device scalar (Note [Device scalars]): f32, one element.
+void check_scalar(const char* op, const char* arg, const std::optional<TensorView>& t, const char* meaning) {
+  if (!t) return;
+  check_tensor(op, arg, *t);
+  check_dtype(op, arg, *t, {DType::F32});
+  check_numel(op, arg, *t, 1, meaning);
+}
+
 void check_config(const char* op, const OptimizerConfig& c) {
+  check_scalar(op, "lr_tensor", c.lr_tensor, "the learning rate");
   if (static_cast<size_t>(c.optimizer) >= kNames.size())
     fail(ErrorKind::Value, op, "optimizer = " + std::to_string(static_cast<int>(c.optimizer)), "is not an Optimizer");
   if (c.step < 1) fail(ErrorKind::Value, op, "step = " + std::to_string(c.step), "must be >= 1 (steps count from 1)");
@@ -52,23 +61,16 @@ optim::Step make_step(const OptimizerConfig& c) {
   optim::Step s{};
   s.kind = optim::kernel_kind(c.optimizer);
   s.beta1 = c.beta1, s.beta2 = c.beta2, s.beta3 = c.beta3, s.alpha = c.alpha, s.eps = c.eps;
-  s.lr = c.lr, s.gnorm_scale = c.gnorm_scale, s.weight_decay = c.weight_decay;
+  s.gnorm_scale = c.gnorm_scale, s.weight_decay = c.weight_decay;
   s.one_minus_beta1 = 1.0f - c.beta1;
   s.one_minus_beta2 = 1.0f - c.beta2;
   s.one_minus_beta3 = 1.0f - c.beta3;
-  // beta^t rounded once to fp32 (the reference evaluates powf on the GPU).
-  const auto pow_t = [&](float beta) { return static_cast<float>(std::pow(static_cast<double>(beta), static_cast<double>(c.step))); };
-  s.c1 = 1.0f - pow_t(c.beta1);
-  s.c2 = std::sqrt(1.0f - pow_t(c.beta2));
-  s.step_size = (-c.lr * s.c2) / s.c1;
-  s.eps_c2 = c.eps * s.c2;
-  s.norm_ratio = s.c2 / s.c1;
-  s.decay = 1.0f - c.lr * c.weight_decay;
-  s.first_step = c.step == 1;
   s.skip_zeros = c.skip_zeros;
   s.max_unorm = c.max_unorm;
-  return s;
+  return optim::at_step(s, static_cast<double>(c.step), c.lr);
 }
+
+const float* lr_device(const OptimizerConfig& c) { return c.lr_tensor ? c.lr_tensor->ptr<const float>() : nullptr; }
 
 // The parameter's name in messages: "optimizer_update_32bit" or "..._multi (params[3])".
 std::string param_op(const char* op, size_t index, bool multi) {
@@ -123,8 +125,10 @@ const cuda::Backend* check_param32(const char* op, const OptimizerConfig& c, con
     check_numel(op, "state2", *t.state2, n, "one per element of p");
   }
   check_unorm(op, c, t.unorm_vec, t.param_norm);
+  check_scalar(op, "step_count", t.step_count, "the step's count");
   const TensorView* unorm = c.max_unorm > 0.0f ? opt(t.unorm_vec) : nullptr;
-  return backend_for(op, {{"g", &t.g}, {"p", &t.p}, {"state1", &t.state1}, {"state2", opt(t.state2)}, {"unorm_vec", unorm}});
+  return backend_for(op, {{"g", &t.g}, {"p", &t.p}, {"state1", &t.state1}, {"state2", opt(t.state2)}, {"unorm_vec", unorm},
+                          {"step_count", opt(t.step_count)}, {"lr_tensor", opt(c.lr_tensor)}});
 }
 
 const cuda::Backend* check_param8(const char* op, const OptimizerConfig& c, const TensorView& qmap1,
@@ -149,10 +153,12 @@ const cuda::Backend* check_param8(const char* op, const OptimizerConfig& c, cons
     check_numel(op, "absmax2", *t.absmax2, nb, "one per block of 256 elements");
   }
   check_unorm(op, c, t.unorm_vec, t.param_norm);
+  check_scalar(op, "step_count", t.step_count, "the step's count");
   const TensorView* unorm = c.max_unorm > 0.0f ? opt(t.unorm_vec) : nullptr;
   return backend_for(op, {{"g", &t.g}, {"p", &t.p}, {"state1", &t.state1}, {"absmax1", &t.absmax1},
                           {"state2", opt(t.state2)}, {"absmax2", opt(t.absmax2)}, {"unorm_vec", unorm},
-                          {"qmap1", &qmap1}, {"qmap2", opt(qmap2)}});
+                          {"qmap1", &qmap1}, {"qmap2", opt(qmap2)}, {"step_count", opt(t.step_count)},
+                          {"lr_tensor", opt(c.lr_tensor)}});
 }
 
 // All parameters of a multi call on one device and stream: checks params[i] against params[0]
@@ -168,10 +174,10 @@ const cuda::Backend* check_params(const char* op, const std::vector<Param>& para
   return cu;
 }
 
-// The CPU run: kernel(step, args[i], unorm, b0, b1) over the blocks of every parameter, first the
-// norm pass when clipping (unorm_out[i] gets the sum, args[i].update_scale the factor).
+// The CPU run: kernel(steps[i], args[i], unorm, b0, b1) over the blocks of every parameter, first
+// the norm pass when clipping (unorm_out[i] gets the sum, args[i].update_scale the factor).
 template <class Args, class Kernel>
-void run_cpu(const optim::Step& s, std::vector<Args>& args, const std::vector<float*>& unorm_out,
+void run_cpu(const std::vector<optim::Step>& steps, std::vector<Args>& args, const std::vector<float*>& unorm_out,
              const std::vector<float>& param_norm, Kernel kernel) {
   std::vector<int64_t> first(args.size() + 1, 0);  // block offsets of the parameters
   for (size_t i = 0; i < args.size(); ++i) first[i + 1] = first[i] + num_blocks(args[i].n, kBs);
@@ -185,23 +191,44 @@ void run_cpu(const optim::Step& s, std::vector<Args>& args, const std::vector<fl
       B0 = std::max(B0, end);
     }
   };
-  if (s.max_unorm > 0.0f) {
+  if (steps[0].max_unorm > 0.0f) {
     std::vector<double> sums(static_cast<size_t>(total));
     core::parallel_for(total, kGrainBlocks, [&](int64_t B0, int64_t B1) {
       for_each_piece(B0, B1, [&](size_t i, int64_t b0, int64_t b1) {
-        kernel(s, args[i], sums.data() + first[i] + b0, b0, b1);
+        kernel(steps[i], args[i], sums.data() + first[i] + b0, b0, b1);
       });
     });
     for (size_t i = 0; i < args.size(); ++i) {
       double sum = 0.0;
       for (int64_t b = first[i]; b < first[i + 1]; ++b) sum += sums[static_cast<size_t>(b)];
       *unorm_out[i] = static_cast<float>(sum);
-      args[i].update_scale = optim::trust_scale(s, *unorm_out[i], param_norm[i]);
+      args[i].update_scale = optim::trust_scale(steps[i], *unorm_out[i], param_norm[i]);
     }
   }
   core::parallel_for(total, kGrainBlocks, [&](int64_t B0, int64_t B1) {
-    for_each_piece(B0, B1, [&](size_t i, int64_t b0, int64_t b1) { kernel(s, args[i], nullptr, b0, b1); });
+    for_each_piece(B0, B1, [&](size_t i, int64_t b0, int64_t b1) { kernel(steps[i], args[i], nullptr, b0, b1); });
   });
+}
+
+// The CPU's Step of every parameter: s, or at the counts and learning rate of the device scalars
+// (host memory here, read now).
+template <class Param>
+std::vector<optim::Step> cpu_steps(const char* op, const OptimizerConfig& c, const optim::Step& s,
+                                   const std::vector<Param>& params) {
+  const float lr = c.lr_tensor ? *c.lr_tensor->template ptr<const float>() : c.lr;
+  std::vector<optim::Step> steps;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!params[i].step_count) {
+      steps.push_back(c.lr_tensor ? optim::at_step(s, s.t, lr) : s);
+      continue;
+    }
+    const float t = *params[i].step_count->template ptr<const float>();
+    if (!(t >= 1.0f) || std::isinf(t) || t != std::floor(t))
+      fail(ErrorKind::Value, param_op(op, i, std::string_view(op).ends_with("_multi")).c_str(),
+           "step_count = " + fmt(t), "must be a whole number >= 1 (steps count from 1)");
+    steps.push_back(optim::at_step(s, t, lr));
+  }
+  return steps;
 }
 
 template <class Param>
@@ -220,7 +247,8 @@ void update_32bit(const char* op, const OptimizerConfig& c, const std::vector<Op
   });
   if (params.empty()) return;
   const optim::Step s = make_step(c);
-  if (cu != nullptr) return cuda::optim_backend()->optimizer_32bit(s, params.data(), params.size());
+  if (cu != nullptr) return cuda::optim_backend()->optimizer_32bit(s, lr_device(c), params.data(), params.size());
+  const std::vector<optim::Step> steps = cpu_steps(op, c, s, params);
   std::vector<cpu::Optim32Args> args;
   for (const auto& t : params)
     args.push_back({t.g.dtype, t.g.numel(), t.g.data, t.p.data, t.state1.ptr<float>(),
@@ -228,7 +256,7 @@ void update_32bit(const char* op, const OptimizerConfig& c, const std::vector<Op
   std::vector<float*> unorm;
   std::vector<float> norms;
   unorm_targets(c, params, unorm, norms);
-  run_cpu(s, args, unorm, norms, core::cpu_kernels().optimizer_32bit);
+  run_cpu(steps, args, unorm, norms, core::cpu_kernels().optimizer_32bit);
 }
 
 void update_8bit(const char* op, const OptimizerConfig& c, const TensorView& qmap1, const std::optional<TensorView>& qmap2,
@@ -242,7 +270,8 @@ void update_8bit(const char* op, const OptimizerConfig& c, const TensorView& qma
   });
   if (params.empty()) return;
   const optim::Step s = make_step(c);
-  if (cu != nullptr) return cuda::optim_backend()->optimizer_8bit(s, qmap1, qmap2, params.data(), params.size());
+  if (cu != nullptr) return cuda::optim_backend()->optimizer_8bit(s, lr_device(c), qmap1, qmap2, params.data(), params.size());
+  const std::vector<optim::Step> steps = cpu_steps(op, c, s, params);
   std::vector<cpu::Optim8Args> args;
   for (const auto& t : params)
     args.push_back({t.g.dtype, t.g.numel(), t.g.data, t.p.data, t.state1.ptr<uint8_t>(),
@@ -252,7 +281,7 @@ void update_8bit(const char* op, const OptimizerConfig& c, const TensorView& qma
   std::vector<float*> unorm;
   std::vector<float> norms;
   unorm_targets(c, params, unorm, norms);
-  run_cpu(s, args, unorm, norms, core::cpu_kernels().optimizer_8bit);
+  run_cpu(steps, args, unorm, norms, core::cpu_kernels().optimizer_8bit);
 }
 
 }  // namespace

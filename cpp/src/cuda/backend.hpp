@@ -64,10 +64,12 @@ const Backend* backend();
 
 // The optimizer launchers (cuda/optim.cu), in a table of their own: `count` validated
 // parameters on one GPU and stream, updated with one step's scalars (norm pass included when
-// step.max_unorm > 0). Null in a build without CUDA, like backend().
+// step.max_unorm > 0). lr: the config's lr_tensor on the GPU or nullptr; with it or a parameter's
+// step_count, the kernels derive the step's scalars from those values (Note [Device scalars]).
+// Null in a build without CUDA, like backend().
 struct OptimBackend {
-  void (*optimizer_32bit)(const optim::Step& step, const OptimizerState32* params, size_t count);
-  void (*optimizer_8bit)(const optim::Step& step, const TensorView& qmap1, const std::optional<TensorView>& qmap2,
+  void (*optimizer_32bit)(const optim::Step& step, const float* lr, const OptimizerState32* params, size_t count);
+  void (*optimizer_8bit)(const optim::Step& step, const float* lr, const TensorView& qmap1, const std::optional<TensorView>& qmap2,
                          const OptimizerState8bit* params, size_t count);
 };
 const OptimBackend* optim_backend();

@@ -20,10 +20,15 @@
 // blocks. A step with max_unorm runs, per launch: a kernel zeroing the unorm_vecs, the norm pass
 // (each warp adds its parameters' sums of u^2 with one fp32 atomic per parameter it touched), and
 // the update, which reads unorm_vec on the GPU: nothing waits for the host.
+// Device scalars (Note [Device scalars] in nybble/optim.hpp): given a learning rate or step
+// counts on the GPU, a warp derives the step's scalars (optim::at_step, two double-precision
+// powers) from them each time it reaches another parameter's blocks, so a launch reads no host
+// value that changes between steps and a CUDA graph can replay it.
 //
 // Bytes moved per element: 8-bit Adam: g and p (sizeof(T) read, p sizeof(T) written), 2 code
 // bytes read and written, 8 bytes of absmax per block; 32-bit: 8 bytes of states read and
-// written instead of the codes (AdEMAMix: 3 states). The norm pass reads everything once more.
+// written instead of the codes (AdEMAMix: 3 states). The norm pass reads everything once more
+// (Adam and LAMB: all but p).
 // Measured on an H200 (copy bandwidth 4.25 TB/s), 2^26 elements, mean of 20 eager calls, bytes
 // counted as above: 32-bit Adam fp32 3.95 TB/s, bf16 3.7 TB/s; 8-bit Adam fp32 1.37 TB/s, bf16
 // 0.87 TB/s; 8-bit momentum fp32 2.6 TB/s. 256 parameters of 2^18 elements (8-bit Adam fp32): one
@@ -37,7 +42,7 @@
 // the fp32 add bandwidth with the bytes counted as above): AdamW8bit 65 % (37 % with the tree),
 // Lion8bit 69 % (57 %), AdEMAMix8bit 45 % (25 %), LAMB8bit 38 % (26 %, two passes). Maps that
 // fail the checks still take the tree. The dequantizing
-// lookup (code[c], one read) is unchanged. A clipped step (LAMB, LARS) reads everything twice.
+// lookup (code[c], one read) is unchanged.
 #include <cuda_runtime.h>
 
 #include <vector>
@@ -56,7 +61,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kPerLane = 8;
 constexpr int kRun = 4;
 static_assert(kOptimizerBlocksize == 32 * kPerLane, "a block of optimizer states is one warp's 8 elements per lane");
-// Parameters per launch: their table (80 bytes each) and the other arguments fit in the 4 KiB of
+// Parameters per launch: their table (88 bytes each) and the other arguments fit in the 4 KiB of
 // kernel parameters that every GPU and driver accepts.
 constexpr int kMaxTensors = 40;
 
@@ -73,19 +78,20 @@ struct DevTensor {
   float* absmax1;  // 8-bit: [nb] (AdEMAMix [2, nb]); absmax2 [nb]
   float* absmax2;
   float* unorm;  // with max_unorm
+  const float* step;  // its step_count on the GPU, or nullptr (Note [Device scalars])
   int64_t n;
   int64_t first;  // its first block in the launch's concatenation of blocks
   float param_norm;
   uint32_t vec;
 };
-static_assert(sizeof(DevTensor) == 80, "kMaxTensors assumes 80-byte entries");
+static_assert(sizeof(DevTensor) == 88, "kMaxTensors assumes 88-byte entries");
 
 struct Launch {
   DevTensor t[kMaxTensors];
   int count;
   int64_t blocks;  // of all parameters
 };
-static_assert(sizeof(Launch) + sizeof(optim::Step) + 2 * sizeof(float*) <= 4096, "optimizer_kernel's parameters");
+static_assert(sizeof(Launch) + sizeof(optim::Step) + 3 * sizeof(float*) <= 4096, "optimizer_kernel's parameters");
 
 // An 8-bit map in shared memory: codebook.hpp's Code8Table (the map, and its bucket table or, for
 // a map that fails the checks of Note [8-bit bucket tables], its search tree) and how this CTA
@@ -261,16 +267,20 @@ __device__ __forceinline__ void requantize(const Code8Shared& map, bool sign_rul
 }
 
 // The step over every block of the launch. k8bit: states are codes; kNorm: the norm pass (sums
-// of u^2 added to unorm, nothing else written).
-template <DType T, Optimizer K, bool k8bit, bool kNorm>
-__global__ void __launch_bounds__(kThreads) optimizer_kernel(const __grid_constant__ Launch L, const optim::Step c,
-                                                             const float* qmap1, const float* qmap2) {
+// of u^2 added to unorm, nothing else written). kDeviceStep: the step's scalars come from lr (the
+// device learning rate, or base.lr when null) and each parameter's step count (or base.t), read
+// when a warp reaches the parameter's blocks (Note [Device scalars]); else they are base.
+template <DType T, Optimizer K, bool k8bit, bool kNorm, bool kDeviceStep>
+__global__ void __launch_bounds__(kThreads) optimizer_kernel(const __grid_constant__ Launch L, const optim::Step base,
+                                                             const float* lr, const float* qmap1, const float* qmap2) {
   constexpr bool kTwo = optim::has_state2(K), kSlow = optim::has_slow_ema(K);
   __shared__ Code8Shared maps[k8bit ? (kTwo ? 2 : 1) : 1];
   if constexpr (k8bit) load_maps<kTwo ? 2 : 1, kNorm>(maps, qmap1, qmap2);
   const int lane = threadIdx.x % 32;
   int current = -1;   // norm pass: the parameter whose sum this lane is accumulating
   double sum = 0.0;
+  optim::Step c = base;
+  int stepped = -1;  // kDeviceStep: the parameter c was derived for
   for (int64_t gb = int64_t{blockIdx.x} * kWarps + threadIdx.x / 32; gb < L.blocks; gb += int64_t{gridDim.x} * kWarps) {
     const int ti = find_tensor(L, gb);
     const DevTensor& t = L.t[ti];
@@ -284,6 +294,12 @@ __global__ void __launch_bounds__(kThreads) optimizer_kernel(const __grid_consta
         sum = 0.0;
       }
     }
+    if constexpr (kDeviceStep) {
+      if (ti != stepped) {
+        c = optim::at_step(base, t.step != nullptr ? static_cast<double>(*t.step) : base.t, lr != nullptr ? *lr : base.lr);
+        stepped = ti;
+      }
+    }
     const int64_t b = gb - t.first, nb = ceil_div(t.n, kOptimizerBlocksize);
     const LaneRuns runs(b * kOptimizerBlocksize, lane, t.n);
     const float scale = !kNorm && c.max_unorm > 0.0f ? optim::trust_scale(c, *t.unorm, t.param_norm) : 1.0f;
@@ -291,7 +307,14 @@ __global__ void __launch_bounds__(kThreads) optimizer_kernel(const __grid_consta
     auto* p = static_cast<storage_t<T>*>(t.p);
     float gv[kPerLane], pv[kPerLane], s1[kPerLane], s2[kPerLane] = {}, s3[kPerLane] = {};
     load_lane<T>(g, runs, t.vec & kVecGP, gv);
-    load_lane<T>(p, runs, t.vec & kVecGP, pv);
+    // Adam's update u does not depend on p (its weight decay applies to p afterwards), so its norm
+    // pass does not read p; the other kinds add weight decay to the gradient.
+    if constexpr (kNorm && K == Optimizer::Adam) {
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) pv[j] = 0.0f;
+    } else {
+      load_lane<T>(p, runs, t.vec & kVecGP, pv);
+    }
     if constexpr (k8bit) {
       uint32_t c1[kPerLane], c2[kPerLane], c3[kPerLane];
       const auto* q1 = static_cast<const uint8_t*>(t.s1);
@@ -362,9 +385,12 @@ __global__ void zero_unorm_kernel(const __grid_constant__ Launch L) {
 
 // The launches of one step: parameters grouped by dtype, kMaxTensors per launch.
 template <bool k8bit, class Param>
-void run(const char* op, const optim::Step& step, const Param* params, size_t count, const float* qmap1, const float* qmap2) {
+void run(const char* op, const optim::Step& step, const float* lr, const Param* params, size_t count,
+         const float* qmap1, const float* qmap2) {
   const Call call(op, params[0].g);
   const bool norm = step.max_unorm > 0.0f;
+  bool device_step = lr != nullptr;
+  for (size_t i = 0; i < count; ++i) device_step = device_step || params[i].step_count.has_value();
   for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
     std::vector<const Param*> group;
     for (size_t i = 0; i < count; ++i)
@@ -379,6 +405,7 @@ void run(const char* op, const optim::Step& step, const Param* params, size_t co
         t.g = q.g.data, t.p = q.p.data, t.s1 = q.state1.data, t.s2 = q.state2 ? q.state2->data : nullptr;
         if constexpr (k8bit) t.absmax1 = q.absmax1.template ptr<float>(), t.absmax2 = q.absmax2 ? q.absmax2->template ptr<float>() : nullptr;
         t.unorm = norm ? q.unorm_vec->template ptr<float>() : nullptr;
+        t.step = q.step_count ? q.step_count->template ptr<const float>() : nullptr;
         t.n = n;
         t.first = L.blocks;
         t.param_norm = q.param_norm;
@@ -388,37 +415,40 @@ void run(const char* op, const optim::Step& step, const Param* params, size_t co
                 (aligned(static_cast<const char*>(q.state1.data) + n * state_size, state_align) ? kVecSlow : 0u);
         L.blocks += ceil_div(n, kOptimizerBlocksize);
       }
+      const auto launch = [&](auto kernel, const char* what) {
+        kernel<<<call.grid(L.blocks, kWarps, k8bit ? 8 : 32), kThreads, 0, call.stream()>>>(L, step, lr, qmap1, qmap2);
+        call.check_launch(what);
+      };
       dispatch_float(dt, [&](auto tt) {
         constexpr DType T = decltype(tt)::value;
         optim::dispatch_kind(step.kind, [&](auto kk) {
           constexpr Optimizer K = decltype(kk)::value;
-          const unsigned grid = call.grid(L.blocks, kWarps, k8bit ? 8 : 32);
           if constexpr (optim::clips_update(K)) {
             if (norm) {
               zero_unorm_kernel<<<1, kMaxTensors, 0, call.stream()>>>(L);
               call.check_launch("zero_unorm_kernel");
               if (L.blocks > 0) {
-                optimizer_kernel<T, K, k8bit, true><<<grid, kThreads, 0, call.stream()>>>(L, step, qmap1, qmap2);
-                call.check_launch("optimizer_kernel (norm pass)");
+                if (device_step) launch(optimizer_kernel<T, K, k8bit, true, true>, "optimizer_kernel (norm pass)");
+                else launch(optimizer_kernel<T, K, k8bit, true, false>, "optimizer_kernel (norm pass)");
               }
             }
           }
           if (L.blocks == 0) return;
-          optimizer_kernel<T, K, k8bit, false><<<grid, kThreads, 0, call.stream()>>>(L, step, qmap1, qmap2);
-          call.check_launch("optimizer_kernel");
+          if (device_step) launch(optimizer_kernel<T, K, k8bit, false, true>, "optimizer_kernel");
+          else launch(optimizer_kernel<T, K, k8bit, false, false>, "optimizer_kernel");
         });
       });
     }
   }
 }
 
-void optimizer_32bit(const optim::Step& step, const OptimizerState32* params, size_t count) {
-  run<false>("optimizer_update_32bit", step, params, count, nullptr, nullptr);
+void optimizer_32bit(const optim::Step& step, const float* lr, const OptimizerState32* params, size_t count) {
+  run<false>("optimizer_update_32bit", step, lr, params, count, nullptr, nullptr);
 }
 
-void optimizer_8bit(const optim::Step& step, const TensorView& qmap1, const std::optional<TensorView>& qmap2,
-                    const OptimizerState8bit* params, size_t count) {
-  run<true>("optimizer_update_8bit_blockwise", step, params, count, qmap1.ptr<const float>(),
+void optimizer_8bit(const optim::Step& step, const float* lr, const TensorView& qmap1,
+                    const std::optional<TensorView>& qmap2, const OptimizerState8bit* params, size_t count) {
+  run<true>("optimizer_update_8bit_blockwise", step, lr, params, count, qmap1.ptr<const float>(),
             qmap2 ? qmap2->ptr<const float>() : nullptr);
 }
 

@@ -42,6 +42,10 @@ class AdEMAMix(Optimizer2State):
         rises from beta1 to its value over t_beta3 steps along the paper's log-space schedule."""
         beta1, beta2, beta3 = config["betas"]
         alpha, t_alpha, t_beta3 = config["alpha"], config["t_alpha"], config["t_beta3"]
+        if step is None and (t_alpha or t_beta3):
+            raise ValueError(f"t_alpha = {t_alpha}, t_beta3 = {t_beta3}: AdEMAMix's schedules need the step count on "
+                             "the host, so they cannot be used with a tensor lr (a step on device scalars); pass lr "
+                             "as a float or leave both schedules unset")
         if t_alpha:
             alpha = min(step * alpha / t_alpha, alpha)
         if t_beta3:

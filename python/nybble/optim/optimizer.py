@@ -183,6 +183,8 @@ class Optimizer8bit(torch.optim.Optimizer):
                 param_state = {k: _as_dtensor(k, v, params[index]) for k, v in param_state.items()}
             if isinstance(param_state, dict):
                 plain = {k: v for k, v in param_state.items() if k not in self.non_castable_tensor_keys}
+                if isinstance(plain.get("step"), torch.Tensor):  # a device count (Note [Capturable steps])
+                    plain["step"] = int(plain["step"].item())
                 quant = {k: v for k, v in param_state.items() if k in self.non_castable_tensor_keys}
                 if quant:
                     plain[self._FSDP_WRAPPED_QUANT_STATE_KEY] = quant
@@ -322,8 +324,18 @@ class Optimizer8bit(torch.optim.Optimizer):
 
     def _update(self, items):
         """Advances the step count of each (group, p, gindex, pindex) and updates the parameters
-        in one op call per set of identical step arguments, state kind and device."""
+        in one op call per set of identical step arguments, state kind and device.
+
+        Note [Capturable steps]: when a group's lr is a tensor on its parameters' device, each of
+        its parameters keeps its step count in an fp32 tensor there (as torch's capturable
+        optimizers do), advanced by one foreach op, and the kernels read both values when they run
+        (Note [Device scalars] in nybble/optim.hpp): the step launches the same kernels on the same
+        addresses every time, so ``torch.cuda.graph`` can capture it and its replays see the new
+        lr and counts. A step that clips (max_unorm > 0) still reads the parameter norms on the
+        host and cannot be captured; AdEMAMix's t_alpha/t_beta3 schedules need the count on the
+        host and are refused with a tensor lr."""
         calls = defaultdict(list)
+        counts = []  # the step tensors of parameters with a tensor lr
         # Without GlobalOptimManager overrides every parameter of a group has the group's config.
         overridden = bool(self.mng.index2config or self.mng.pid2config)
         group_configs = {}
@@ -337,19 +349,34 @@ class Optimizer8bit(torch.optim.Optimizer):
             elif (config := group_configs.get(gindex)) is None:
                 config = group_configs[gindex] = self.get_config(gindex, pindex, group)
             state = self.state[p]
-            state["step"] += 1
-            step = state["step"]
+            lr = config["lr"]
+            if isinstance(lr, torch.Tensor) and lr.device == _local(p).device:
+                if not isinstance(state["step"], torch.Tensor):
+                    state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32, device=lr.device)
+                counts.append(state["step"])
+                step = None  # on the device
+            else:
+                state["step"] += 1
+                step = state["step"]
             eight_bit = state["state1"].dtype == torch.uint8
             args = (eight_bit, step, self._coefficients(config, step), config["eps"], config["weight_decay"],
-                    config["lr"], config["max_unorm"], config["skip_zeros"])
+                    lr, config["max_unorm"], config["skip_zeros"])
             calls[(p.device, id(state.get("qmap1")), id(state.get("qmap2")), args)].append(p)
+        if counts:
+            torch._foreach_add_(counts, 1.0)
         for (_, _, _, args), params in calls.items():
             for p in params:
                 self.prefetch_state(p)
             self._launch(params, *args)
 
     def _launch(self, params, eight_bit, step, coefficients, eps, weight_decay, lr, max_unorm, skip_zeros):
+        """One op call for params; step None: each parameter's count and lr are device tensors."""
         states = [self.state[p] for p in params]
+        step_count, lr_tensor = None, None
+        if step is None:
+            step_count, lr_tensor, step, lr = [s["step"] for s in states], lr, 1, 0.0
+        elif isinstance(lr, torch.Tensor):
+            lr = lr.item()  # a tensor on another device than the parameters'
 
         def entries(key, present=True):
             return [s[key] for s in states] if present else None
@@ -363,14 +390,15 @@ class Optimizer8bit(torch.optim.Optimizer):
             _ops.op("optimizer_update_8bit_blockwise_multi", grads[0])(
                 self.optimizer_name, grads, params, entries("state1"), entries("state2", two), beta1, beta2, beta3,
                 alpha, eps, step, lr, states[0]["qmap1"], states[0]["qmap2"] if two else None, entries("absmax1"),
-                entries("absmax2", two), weight_decay, 1.0, skip_zeros, unorm_vec, max_unorm)
+                entries("absmax2", two), weight_decay, 1.0, skip_zeros, unorm_vec, max_unorm, step_count, lr_tensor)
         else:
             _ops.op("optimizer_update_32bit_multi", grads[0])(
                 self.optimizer_name, grads, params, entries("state1"), entries("state2", two), unorm_vec, max_unorm,
-                beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, 1.0, skip_zeros)
+                beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, 1.0, skip_zeros, step_count, lr_tensor)
 
-    def _coefficients(self, config, step: int) -> tuple:
-        """(beta1, beta2, beta3, alpha) of step ``step`` as the kernels take them."""
+    def _coefficients(self, config, step) -> tuple:
+        """(beta1, beta2, beta3, alpha) of step ``step`` (an int, or None when the count is on the
+        device) as the kernels take them."""
         raise NotImplementedError("_coefficients needs to be overridden")
 
     def get_config(self, gindex, pindex, group):
@@ -443,8 +471,10 @@ class Optimizer8bit(torch.optim.Optimizer):
         return F.get_paged(*shape, dtype=dtype, device=p.device)
 
     def prefetch_state(self, p):
-        """Starts moving p's paged states to its GPU, on the current stream."""
-        if not self.is_paged:
+        """Starts moving p's paged states to its GPU, on the current stream (not while the stream
+        is captured in a CUDA graph, which cannot hold a prefetch: the kernels then fault the
+        pages in)."""
+        if not self.is_paged or (p.is_cuda and torch.cuda.is_current_stream_capturing()):
             return
         for key in ("state1", "state2"):
             buffer = self.state[p].get(key)

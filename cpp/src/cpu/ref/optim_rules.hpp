@@ -69,7 +69,8 @@ NYBBLE_HD constexpr bool clips_update(Optimizer kind) {
   return kind == Optimizer::Adam || kind == Optimizer::Momentum || kind == Optimizer::RMSprop;
 }
 
-// One step's scalars, derived once per call on the host (core/optim.cpp) so that every backend
+// One step's scalars, derived once per call (core/optim.cpp; with step and lr tensors, by
+// at_step where the step runs, Note [Device scalars] in nybble/optim.hpp) so that every backend
 // computes with the same fp32 values. Trivially copyable: CUDA kernels take it by value.
 struct Step {
   Optimizer kind;  // a kernel kind (kernel_kind)
@@ -83,7 +84,25 @@ struct Step {
   bool first_step;    // t == 1
   bool skip_zeros;
   float max_unorm;
+  double t;           // the step count the fields above are for
 };
+
+// Step s for step count t and learning rate lr: the fields that depend on them, from the others.
+// Host and device evaluate the same expressions (beta^t in double, rounded once to fp32: the
+// reference evaluates powf on the GPU), so a step count read on the GPU gives the host's values.
+NYBBLE_HD Step at_step(Step s, double t, float lr) {
+  const auto pow_t = [t](float beta) { return static_cast<float>(::pow(static_cast<double>(beta), t)); };
+  s.t = t;
+  s.lr = lr;
+  s.c1 = 1.0f - pow_t(s.beta1);
+  s.c2 = sqrtf(1.0f - pow_t(s.beta2));
+  s.step_size = (-lr * s.c2) / s.c1;
+  s.eps_c2 = s.eps * s.c2;
+  s.norm_ratio = s.c2 / s.c1;
+  s.decay = 1.0f - lr * s.weight_decay;
+  s.first_step = t == 1.0;
+  return s;
+}
 
 // ---- float primitives (V = float) -------------------------------------------------------------
 
