@@ -4,6 +4,7 @@ from . import _C, _ops  # noqa: F401  (_ops registers torch.ops.nybble.*)
 from . import autograd, functional, nn, optim, utils  # noqa: F401
 from .autograd._functions import MatmulLtState, matmul, matmul_4bit
 from .nn import modules  # noqa: F401  (the reference exposes bitsandbytes.modules too)
+from .placement import place_modules  # noqa: F401  (nybble's own: 4-bit layers on the CPU in a GPU model)
 
 # Integrations read these (spec §7): transformers/diffusers check "multi_backend" and which torch
 # devices the package supports.

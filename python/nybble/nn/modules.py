@@ -19,6 +19,9 @@ Where nybble differs from the reference (spec "Decisions", and small fixes noted
 * Pickling keeps the Params4bit/Int8Params class (the reference's come back as plain Parameters).
 * ``.to(dtype)`` leaves an already-quantized parameter alone: its dtype is the storage of packed
   data, not a number format.
+* A Linear8bitLt's codes and row scales (``CB``/``SCB`` on the weight and in ``state``) follow its
+  weight to another device also when a module holding the layer moves (the reference's
+  ``Linear8bitLt.to`` covers only the layer's own ``.to``, and only ``state``).
 """
 
 from __future__ import annotations
@@ -809,15 +812,23 @@ class Linear8bitLt(nn.Linear):
         self.weight.CB = None
         self.weight.SCB = None
 
-    def to(self, *args, **kwargs):
-        result = super().to(*args, **kwargs)
-        device, _, _ = _parse_to(*args, **kwargs)
-        if device is not None:
-            if result.state.CB is not None:
-                result.state.CB = result.state.CB.to(device)
-            if result.state.SCB is not None:
-                result.state.SCB = result.state.SCB.to(device)
-        return result
+    def _apply(self, fn, recurse=True):
+        # .to()/.cuda()/.cpu() of this layer and of any module holding it (a parent's .to calls its
+        # children's _apply, never their .to): Module._apply moves the weight by assigning
+        # weight.data, which leaves behind the tensors that are no parameters, the codes' alias CB
+        # and the row scales SCB on the weight and in self.state. They follow the weight here.
+        super()._apply(fn, recurse)
+        weight = self.weight
+        if weight.device.type == "meta":
+            return self
+        for holder in (weight, self.state):
+            cb, scb = getattr(holder, "CB", None), getattr(holder, "SCB", None)
+            if cb is not None and cb.device != weight.device:
+                same = cb.shape == weight.shape and cb.dtype == weight.dtype  # CB is the int8 weight itself
+                holder.CB = weight.data if same else cb.to(weight.device)
+            if scb is not None and scb.device != weight.device:
+                holder.SCB = scb.to(weight.device)
+        return self
 
     def forward(self, x: torch.Tensor):
         self.state.is_training = self.training
