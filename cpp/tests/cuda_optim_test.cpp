@@ -2,7 +2,8 @@
 // every optimizer, dtype and awkward size (1, 255, 256, 257, 4097, 65537, one past 2^20), with
 // NaN/inf/zero gradients, skip_zeros, weight decay, clipping, aligned and misaligned buffers
 // (the vector and the scalar paths), on a non-default stream, one parameter at a time and many in
-// one call (more than one launch's worth, mixed dtypes, empty parameters).
+// one call (more than one launch's worth, mixed dtypes, empty parameters), and with the step
+// counts and the learning rate read on the device (Note [Device scalars]).
 // p, states, codes and absmax must equal the oracle's bit for bit (any NaN matching any NaN).
 // With max_unorm the update norm is a sum of fp32 atomics on the GPU (Note [Update norm]):
 // unorm_vec then agrees within 1e-4 relative (fp32 summation error over thousands of atomics),
@@ -208,6 +209,67 @@ TEST_F(CudaOptim, ManyParametersInOneCall) {
         Param ref = starts[k];
         step(c, ref);
         ASSERT_TRUE(matches(c, starts[k], ref, devs[k]->result())) << "param " << k << " of " << starts.size();
+      }
+    }
+}
+
+// Device scalars: each parameter's step count and the learning rate read from GPU memory give
+// what the oracle gives with those values as the config's step and lr, for counts that differ
+// between the parameters of one call (the first step's rule included).
+TEST_F(CudaOptim, StepCountsAndLrOnTheDevice) {
+  SCOPED_TRACE(test::seed_note());
+  const std::vector<float> counts = {1.0f, 7.0f, 1000.0f};
+  const float lr = 3e-4f;
+  int variant = 0;
+  for (bool eight : {false, true})
+    for (Optimizer o : kAll) {
+      SCOPED_TRACE(std::string(optimizer_name(o)) + (eight ? " 8-bit" : " 32-bit"));
+      OptimizerConfig c = config_for(o, ++variant);
+      c.max_unorm = 0.0f;  // a clipped step takes host norms; the scalars are tested without it
+      DeviceVec lr_dev(&lr, 4, 0);
+      c.lr_tensor = TensorView(lr_dev.at(), DType::F32, {1}, Device::CUDA);
+      c.lr_tensor->stream = stream_;
+      std::vector<Param> starts;
+      std::vector<std::unique_ptr<DeviceParam>> devs;
+      std::vector<std::unique_ptr<DeviceVec>> count_devs;
+      for (size_t k = 0; k < counts.size(); ++k) {
+        starts.emplace_back(o, test::kFloatTypes[k % 3], 1000 + 300 * int64_t(k), eight, rng_, true);
+        devs.push_back(std::make_unique<DeviceParam>(starts.back(), false, stream_));
+        count_devs.push_back(std::make_unique<DeviceVec>(&counts[k], 4, 0));
+      }
+      const auto count_view = [&](size_t k) {
+        TensorView v(count_devs[k]->at(), DType::F32, {1}, Device::CUDA);
+        v.stream = stream_;
+        return v;
+      };
+      DeviceVec m1(dynamic_map_signed().data(), 1024, 0), m2(dynamic_map_unsigned().data(), 1024, 0);
+      TensorView qmap1(m1.at(), DType::F32, {256}, Device::CUDA), qmap2(m2.at(), DType::F32, {256}, Device::CUDA);
+      qmap1.stream = qmap2.stream = stream_;
+      const auto qmap2_opt = two_states(o) ? std::optional(qmap2) : std::nullopt;
+      if (eight) {
+        std::vector<OptimizerState8bit> views;
+        for (size_t k = 0; k < devs.size(); ++k) {
+          views.push_back(devs[k]->view8());
+          views.back().step_count = count_view(k);
+        }
+        optimizer_update_8bit_blockwise_multi(c, qmap1, qmap2_opt, views);
+      } else {
+        std::vector<OptimizerState32> views;
+        for (size_t k = 0; k < devs.size(); ++k) {
+          views.push_back(devs[k]->view32());
+          views.back().step_count = count_view(k);
+        }
+        optimizer_update_32bit_multi(c, views);
+      }
+      cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+      for (size_t k = 0; k < starts.size(); ++k) {
+        OptimizerConfig host = c;
+        host.lr_tensor = std::nullopt;
+        host.lr = lr;
+        host.step = int64_t(counts[k]);
+        Param ref = starts[k];
+        step(host, ref);
+        ASSERT_TRUE(same_bits(ref, devs[k]->result())) << "count " << counts[k];
       }
     }
 }
