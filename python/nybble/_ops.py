@@ -596,16 +596,22 @@ def fp32_norm(p: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(p.detach(), dtype=torch.float32)
 
 
+def refuse_clipped_capture(p: torch.Tensor, max_unorm: float) -> None:
+    """Raises while p's stream is captured in a CUDA graph and max_unorm > 0: clipping reads the
+    parameters' norms on the host."""
+    if max_unorm > 0.0 and p.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(f"max_unorm = {max_unorm}: a step that clips the update norm (LAMB, LARS) reads the "
+                           "parameters' norms on the host and cannot be captured in a CUDA graph; capture steps "
+                           "with max_unorm = 0")
+
+
 def _param_norms(p, max_unorm: float) -> list[float]:
     """Every parameter's norm as a float when clipping (max_unorm > 0), else []. The kernels take
     the norm as a host float, so this is where a clipped step waits for the GPU: once per call
     (one transfer of all norms), never without clipping."""
     if not max_unorm > 0.0:
         return []
-    if p[0].is_cuda and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError(f"max_unorm = {max_unorm}: a step that clips the update norm (LAMB, LARS) reads the "
-                           "parameters' norms on the host and cannot be captured in a CUDA graph; capture steps "
-                           "with max_unorm = 0")
+    refuse_clipped_capture(p[0], max_unorm)
     return torch.stack([fp32_norm(t) for t in p]).tolist()
 
 
@@ -662,9 +668,10 @@ def _(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, beta1, beta2, 
       step, lr, gnorm_scale, skip_zeros=False, step_count=None, lr_tensor=None):
     if not p:
         return
+    norms = _param_norms(p, max_unorm)
     try:
         _C.optimizer_update_32bit_multi(optimizer_name, [t.contiguous() for t in g], p, state1, state2, unorm_vec,
-                                        _param_norms(p, max_unorm), max_unorm, beta1, beta2, beta3, alpha, eps,
+                                        norms, max_unorm, beta1, beta2, beta3, alpha, eps,
                                         weight_decay, step, lr, gnorm_scale, skip_zeros, step_count, lr_tensor,
                                         stream=_stream(p[0]))
     except Exception:
@@ -690,11 +697,12 @@ def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, ste
       lr_tensor=None):
     if not p:
         return
+    norms = _param_norms(p, max_unorm)
     try:
         _C.optimizer_update_8bit_blockwise_multi(optimizer_name, [t.contiguous() for t in g], p, state1, state2,
                                                  beta1, beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1,
                                                  absmax2, weight_decay, gnorm_scale, skip_zeros, unorm_vec,
-                                                 _param_norms(p, max_unorm), max_unorm, step_count, lr_tensor,
+                                                 norms, max_unorm, step_count, lr_tensor,
                                                  stream=_stream(p[0]))
     except Exception:
         _check_optimizer_8bit_multi(g, p, state1, state2, qmap1, qmap2, absmax1, absmax2)  # Note [Checks on failure]

@@ -348,6 +348,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                 config = self.get_config(gindex, pindex, group)
             elif (config := group_configs.get(gindex)) is None:
                 config = group_configs[gindex] = self.get_config(gindex, pindex, group)
+            _ops.refuse_clipped_capture(p, config["max_unorm"])  # before anything is captured
             state = self.state[p]
             lr = config["lr"]
             if isinstance(lr, torch.Tensor) and lr.device == _local(p).device:
