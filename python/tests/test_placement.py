@@ -274,8 +274,7 @@ def test_half_the_layers_on_the_cpu_compute_what_the_gpu_computes(llama_dir, nam
     nybble.place_modules(model, moved)
     drop = before - allocated()
     # Everything the moved layers hold leaves the GPU (small slack for the NF4 code table, which
-    # layers may share, and for the allocator's bookkeeping); moving them back below restores the
-    # GPU's memory to `before`, so nothing else left with them.
+    # layers may share, and for the allocator's bookkeeping).
     assert drop >= expected_drop - 64 * 1024, (name, drop, expected_drop)
     for i, layer in enumerate(layers):
         assert {p.device.type for p in layer.parameters()} == {"cpu" if i % 2 else "cuda"}
@@ -311,7 +310,8 @@ def test_half_the_layers_on_the_cpu_compute_what_the_gpu_computes(llama_dir, nam
         assert got[2].shape == want[2].shape == (2, 14)
 
     nybble.place_modules(model, {n: "cuda" for n in moved})
-    assert abs(allocated() - before) <= 64 * 1024 + expected_drop // 100, (name, allocated(), before)
+    # Back on the GPU, the layers hold what they held before, once (no tensor left behind or doubled).
+    assert cuda_bytes([layers[1], layers[3]]) == expected_drop
     back = run(model, tokens)
     assert back[1] == ["cuda"] * 4
     assert torch.equal(back[0], want[0]) and torch.equal(back[2], want[2])
