@@ -25,6 +25,7 @@ in 32-bit, "column" (1024 x 1, below min_8bit_size).
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import math
 import warnings
@@ -926,6 +927,10 @@ def test_step_captured_in_a_cuda_graph_replays_eager_steps(name):
             captured.step()
             eager.step()
     torch.cuda.current_stream().wait_stream(side)
+    # Earlier tests' dead reference cycles may hold paged (managed) states, whose cudaFree would
+    # invalidate a capture if the cyclic GC ran during it (torch.cuda.graph no longer collects
+    # first): collect them now, as docs/usage.md advises.
+    gc.collect()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured.step()
@@ -949,6 +954,7 @@ def test_clipped_step_refuses_capture_and_changes_nothing():
     torch.cuda.synchronize()
     before = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in optimizer.state[p].items()}
     weights = p.detach().clone()
+    gc.collect()  # as above
     graph = torch.cuda.CUDAGraph()
     with pytest.raises(RuntimeError, match="max_unorm = 1.0.*cannot be captured"):
         with torch.cuda.graph(graph):
