@@ -38,6 +38,7 @@
 #include "cuda/backend.hpp"
 #include "cuda/codebook.hpp"
 #include "cuda/elem.cuh"
+#include "cuda/gemm4_operands.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/scales.cuh"
 
@@ -50,16 +51,8 @@ constexpr int kUnit = 8;      // weight elements per unit: 4 packed bytes, one 1
 constexpr int kAhead = 8;     // units per lane whose loads are in flight together
 
 template <DType T>
-struct Gemm4Params {
-  const storage_t<T>* A;
-  const uint8_t* packed;
-  int64_t nbytes;  // of packed: loads past it are never issued
-  DeviceScales scales;
-  int log2_bs;
+struct Gemm4Params : Gemm4Operands<T> {
   Code4Tables t4;
-  const storage_t<T>* bias;  // null: no bias
-  storage_t<T>* out;
-  int64_t M, N, K;
   bool vec_w;  // packed is 4-byte aligned
   bool vec_a;  // A is 16-byte aligned and K % 8 == 0: every unit's 8 activations are too
 };
@@ -262,18 +255,8 @@ void gemm_4bit(const TensorView& A, const TensorView& packed, const BlockScales&
   const Call call("gemm_4bit", A);
   dispatch_float(A.dtype, [&](auto t) {
     constexpr DType T = decltype(t)::value;
-    Gemm4Params<T> p{};
-    p.A = static_cast<const storage_t<T>*>(A.data);
-    p.packed = packed.ptr<const uint8_t>();
-    p.nbytes = packed.nbytes();
-    p.scales = device_scales(scales);
-    p.log2_bs = exact_log2(blocksize);
-    p.t4 = code4_tables(qt);
-    p.bias = bias ? static_cast<const storage_t<T>*>(bias->data) : nullptr;
-    p.out = static_cast<storage_t<T>*>(out.data);
-    p.M = M, p.N = N, p.K = K;
-    p.vec_w = aligned(packed.data, 4);
-    p.vec_a = aligned(A.data, 16) && K % 8 == 0;
+    const Gemm4Params<T> p{gemm4_operands<T>(A, packed, scales, blocksize, bias, out), code4_tables(qt),
+                           aligned(packed.data, 4), aligned(A.data, 16) && K % 8 == 0};
     launch_for_rows<T>(call, p);
   });
 }

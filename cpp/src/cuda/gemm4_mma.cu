@@ -96,6 +96,7 @@
 #include "cuda/backend.hpp"
 #include "cuda/codebook.hpp"
 #include "cuda/elem.cuh"
+#include "cuda/gemm4_operands.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/scales.cuh"
 
@@ -140,16 +141,8 @@ static_assert(kRedBytes<1> <= Stage<true>::kSmem && kRedBytes<2> <= Stage<true>:
               "the epilogue's sums fit in the stages");
 
 template <DType T>
-struct MmaParams {
-  const storage_t<T>* A;
-  const uint8_t* packed;
-  int64_t nbytes;  // of packed: bytes past it are never read
-  DeviceScales scales;
-  int log2_bs;
+struct MmaParams : Gemm4Operands<T> {
   float code[16];  // formats.hpp code_table
-  const storage_t<T>* bias;  // null: no bias
-  storage_t<T>* out;
-  int64_t M, N, K;
 };
 
 // ---- PTX wrappers ------------------------------------------------------------------------------
@@ -550,17 +543,9 @@ void gemm_4bit_mma(const TensorView& A, const TensorView& packed, const BlockSca
   const Call call("gemm_4bit", A);
   const auto run = [&](auto t) {
     constexpr DType T = decltype(t)::value;
-    MmaParams<T> p{};
-    p.A = static_cast<const storage_t<T>*>(A.data);
-    p.packed = packed.ptr<const uint8_t>();
-    p.nbytes = packed.nbytes();
-    p.scales = device_scales(scales);
-    p.log2_bs = exact_log2(blocksize);
+    MmaParams<T> p{gemm4_operands<T>(A, packed, scales, blocksize, bias, out), {}};
     const Code4Tables t4 = code4_tables(qt);
     std::copy(t4.code, t4.code + 16, p.code);
-    p.bias = bias ? static_cast<const storage_t<T>*>(bias->data) : nullptr;
-    p.out = static_cast<storage_t<T>*>(out.data);
-    p.M = M, p.N = N, p.K = K;
     if (K % kSub == 0 && aligned(A.data, 16) && aligned(packed.data, 16)) launch_for_shape<T, true>(call, p, tile_wk);
     else launch_for_shape<T, false>(call, p, tile_wk);
   };
