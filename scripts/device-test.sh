@@ -32,7 +32,7 @@ if step build || step build-py; then
     cmake --build build-device/gtest --target install >>"$out/gtest.log" 2>&1
   fi
   nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DNYBBLE_CUDA=ON -DNYBBLE_BUILD_BENCH=OFF \
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DNYBBLE_CUDA=ON -DNYBBLE_BUILD_BENCH=ON \
         -DNYBBLE_BUILD_PYTHON=ON -DPython_EXECUTABLE="$py" -DCMAKE_CUDA_ARCHITECTURES=90 \
         -DCMAKE_PREFIX_PATH="$prefix" >"$out/configure.log" 2>&1
   target=$(step build || echo "--target _C")

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/backend.hpp"
 #include "nybble/nybble.hpp"
 
 namespace {
@@ -89,10 +90,26 @@ const char* g_filter = nullptr;  // NYBBLE_BENCH_FILTER: only rows whose name co
 
 bool wanted(const std::string& name) { return g_filter == nullptr || name.find(g_filter) != std::string::npos; }
 
+// Median milliseconds per call of f in batches of 20 back-to-back calls (launch gaps hidden as in
+// a CUDA graph), 10 batches after a warm-up batch.
+double time_batch_ms(const std::function<void()>& f) {
+  const auto batch = [&] {
+    for (int i = 0; i < 20; ++i) f();
+  };
+  return time_ms(batch) / 20;
+}
+
 // Times f and prints its row: median ms, GB/s and the fraction of B for `bytes`.
 void bench(const std::string& name, const std::function<void()>& f, double bytes) {
   if (!wanted(name)) return;
   const double ms = time_ms(f);
+  std::printf("| %s | %.4f | %.0f | %.0f %% |\n", name.c_str(), ms, bytes / ms / 1e6, 100.0 * bytes / ms / g_bw);
+}
+
+// bench() for calls timed in batches.
+void bench_batch(const std::string& name, const std::function<void()>& f, double bytes) {
+  if (!wanted(name)) return;
+  const double ms = time_batch_ms(f);
   std::printf("| %s | %.4f | %.0f | %.0f %% |\n", name.c_str(), ms, bytes / ms / 1e6, 100.0 * bytes / ms / g_bw);
 }
 
@@ -162,11 +179,15 @@ int main() {
                                     oc.view(DType::U8, {cols}));
             }, 3.0 * rows * cols + 4.0 * rows);
     }
+    // The 4-bit matmul, through gemm_4bit's rule and through each kernel and tile forced (the sweep
+    // behind Note [gemm_4bit paths]). Weights rotate through copies filling 512 MiB, so that no
+    // call finds its weight in L2 (50 MiB on the H200); times are per call in a back-to-back batch.
     const int64_t shapes[][2] = {{4096, 4096}, {14336, 4096}, {4096, 14336}, {8192, 8192}, {28672, 8192}, {8192, 28672}};
     for (const auto& s : shapes) {
       const int64_t N = s[0], K = s[1], w = N * K, wnb = w / 64, wnnb = (wnb + 255) / 256;
-      Buf packed(static_cast<size_t>(w) / 2), q(static_cast<size_t>(wnb)), nabs(static_cast<size_t>(wnnb) * 4), code(1024),
-          A(static_cast<size_t>(16 * K) * 2), out(static_cast<size_t>(16 * N) * 2), bias(static_cast<size_t>(N) * 2);
+      const int64_t copies = std::max<int64_t>(1, (int64_t{512} << 20) / (w / 2));
+      Buf packed(static_cast<size_t>(w / 2 * copies)), q(static_cast<size_t>(wnb)), nabs(static_cast<size_t>(wnnb) * 4), code(1024),
+          A(static_cast<size_t>(64 * K) * 2), out(static_cast<size_t>(64 * N) * 2), bias(static_cast<size_t>(N) * 2);
       fill(packed, DType::U8, 4);
       fill(q, DType::U8, 5);
       fill(nabs, DType::F32, 6);
@@ -174,11 +195,24 @@ int main() {
       fill(bias, DType::BF16, 8);
       check(cudaMemcpy(code.p, dynamic_map_signed().data(), 1024, cudaMemcpyHostToDevice), "code");
       const BlockScales sc{q.view(DType::U8, {wnb}), NestedAbsmax{nabs.view(DType::F32, {wnnb}), code.view(DType::F32, {256}), 0.01f, 256}};
-      for (int64_t M : {1, 2, 4, 8, 16}) {
-        TensorView Av = A.view(DType::BF16, {M, K}), Ov = out.view(DType::BF16, {M, N});
-        bench("gemm_4bit nf4 bs64 nested bf16 M=" + std::to_string(M) + " " + std::to_string(N) + "x" + std::to_string(K), [&] {
-              gemm_4bit(Av, packed.view(DType::U8, {w / 2}), sc, 64, QuantType::NF4, bias.view(DType::BF16, {N}), Ov);
-            }, w / 2.0 + wnb + 4.0 * wnnb + 2.0 * M * K + 2.0 * M * N);
+      int64_t next = 0;
+      const auto weight = [&] {  // the next copy
+        next = (next + 1) % copies;
+        TensorView v(static_cast<uint8_t*>(packed.p) + next * (w / 2), DType::U8, {w / 2}, Device::CUDA);
+        v.stream = g_stream;
+        return v;
+      };
+      const TensorView Bv = bias.view(DType::BF16, {N});
+      for (int64_t M : {1, 2, 4, 8, 16, 32, 64}) {
+        const TensorView Av = A.view(DType::BF16, {M, K}), Ov = out.view(DType::BF16, {M, N});
+        const std::string shape = " M=" + std::to_string(M) + " " + std::to_string(N) + "x" + std::to_string(K);
+        const double bytes = w / 2.0 + wnb + 4.0 * wnnb + 2.0 * M * K + 2.0 * M * N;
+        bench_batch("gemm_4bit nf4 bs64 nested bf16" + shape, [&] { gemm_4bit(Av, weight(), sc, 64, QuantType::NF4, Bv, Ov); }, bytes);
+        if (cuda::gemm4_skinny_applies(Av, weight(), sc, 64, N))
+          bench_batch("skinny" + shape, [&] { cuda::gemm_4bit_skinny(Av, weight(), sc, 64, QuantType::NF4, Bv, Ov); }, bytes);
+        for (int wk : {1, 2, 4})
+          bench_batch("mma wk=" + std::to_string(wk) + shape,
+                      [&] { cuda::gemm_4bit_mma(Av, weight(), sc, 64, QuantType::NF4, Bv, Ov, wk); }, bytes);
       }
     }
     for (int64_t M : {1, 16, 256, 4096}) {

@@ -1,23 +1,28 @@
-// cuda_gemm4_mma_test.cpp — gemm_4bit's tensor-core path (cuda/gemm4_mma.cu: bf16/fp16 activations,
-// M > 8) against the CPU oracle's dequantize_4bit (NYBBLE_CPU_ISA=ref) and an exact (double) sum,
-// on fresh random inputs: M from 9 to 1000, odd and even N, K not a multiple of the blocksize or of
-// 64 (and odd K, whose odd rows start mid-byte), NF4/FP4, plain and nested absmax, several
-// blocksizes, bias or not, A and the packed buffer off 16-byte alignment (the general path), every
-// tile (forced through cuda::gemm_4bit_mma), and an infinite absmax next to a row boundary (a row's
-// K tail must not pick up its neighbour's weights). The output is poisoned (0xFF: NaN in bf16/fp16)
-// before each run. Every test skips when no GPU is visible.
+// cuda_gemm4_mma_test.cpp — gemm_4bit's tensor-core paths (bf16/fp16 activations): the tiled kernel
+// (cuda/gemm4_mma.cu, M > 16 or unusual shapes) and the weight-streaming kernel for few rows
+// (cuda/gemm4_skinny.cu, M <= 16), against the CPU oracle's dequantize_4bit (NYBBLE_CPU_ISA=ref)
+// and an exact (double) sum, on fresh random inputs: M from 1 to 1000, odd and even N, K not a
+// multiple of the blocksize or of 64 (and odd K, whose odd rows start mid-byte), NF4/FP4, plain and
+// nested absmax, several blocksizes, bias or not, A and the packed buffer off 16-byte alignment
+// (the general path), every tile (forced through cuda::gemm_4bit_mma) and the skinny kernel forced
+// (cuda::gemm_4bit_skinny), and an infinite absmax next to a row boundary (a row's K tail must not
+// pick up its neighbour's weights). The output is poisoned (0xFF: NaN in bf16/fp16) before each
+// run. Every test skips when no GPU is visible.
 //
 // Tolerances, with u = 2^-8 (bf16) or 2^-11 (fp16), the unit roundoff of T, for out[m, n]:
-// - against ref_T = the exact sum of a * w_T (+ bias), w_T = dequantize_4bit to T (what the kernel
-//   multiplies: the weight rounded to T once, as dequantize + a bf16/fp16 GEMM would have it):
+// - against ref_T = the exact sum of a * w_T (+ bias), w_T = dequantize_4bit to T (what the tiled
+//   kernel multiplies: the weight rounded to T once, as dequantize + a bf16/fp16 GEMM would have
+//   it); not for the skinny kernel, which rounds the code to T and multiplies the scale in fp32:
 //     |out - ref_T| <= acc + u * (|ref_T| + acc),   acc = (K / 16 + 8) * 2^-21 * sum |a * w_T|
 //   acc: one fp32 accumulation per mma (16 k) plus the K-warps' partial sums and the bias, each
 //   allowed 4 ulps of the running magnitude (tensor cores truncate inside their adder); u: the
 //   final rounding to T.
-// - against ref_f = the same sum over the oracle's fp32 weights (cpu/ref gemm_4bit's weights):
+// - against ref_f = the same sum over the oracle's fp32 weights (cpu/ref gemm_4bit's weights), for
+//   both kernels:
 //     |out - ref_f| <= r + acc + u * (|ref_f| + r + acc),   r = u * sum |a * w_f| + s * sum |a|
 //   r being the rounding of every weight to T (|w_T - w_f| <= u |w_f|, or s = half the subnormal
-//   spacing of T where w_T is subnormal: 2^-25 for fp16).
+//   spacing of T where w_T is subnormal: 2^-25 for fp16; the skinny kernel's w = T(code) * scale
+//   is within u |w_f| too).
 // A non-finite reference (an infinite absmax) requires a non-finite output, and a finite one a
 // finite output within the tolerance.
 #include <cuda_runtime.h>
@@ -52,6 +57,7 @@ struct Case {
   size_t p_shift = 0;   // bytes by which the packed buffer is moved (4: off 16-byte alignment)
   bool inf_block = false;  // one block, at the start of a row, gets an infinite absmax (plain only)
   int tile_wk = -1;        // -1: the public gemm_4bit; 0, 1, 2, 4: cuda::gemm_4bit_mma with that tile
+  bool skinny = false;     // cuda::gemm_4bit_skinny (tile_wk ignored)
 };
 
 std::string describe(const Case& c) {
@@ -59,7 +65,8 @@ std::string describe(const Case& c) {
          " N " + std::to_string(c.N) + " K " + std::to_string(c.K) + " bs " + std::to_string(c.bs) +
          (c.nested ? " nested" : "") + (c.bias ? " bias" : "") + " a_shift " + std::to_string(c.a_shift) +
          " p_shift " + std::to_string(c.p_shift) + (c.inf_block ? " inf_block" : "") +
-         (c.tile_wk >= 0 ? " tile_wk " + std::to_string(c.tile_wk) : "");
+         (c.tile_wk >= 0 ? " tile_wk " + std::to_string(c.tile_wk) : "") +
+         (c.skinny ? " skinny" : "");
 }
 
 class CudaGemm4Mma : public test::CudaStreamTest {
@@ -148,8 +155,17 @@ void CudaGemm4Mma::run(const Case& c) {
   const TensorView gA = gpu(d_A, c.a_shift * es, c.dt, {c.M, c.K}), gp = gpu(d_packed, c.p_shift, DType::U8, {nbytes}),
                    gout = gpu(d_out, 0, c.dt, {c.M, c.N});
   const std::optional<TensorView> gbias = c.bias ? std::optional<TensorView>(gpu(d_bias, 0, c.dt, {c.N})) : std::nullopt;
-  if (c.tile_wk < 0) gemm_4bit(gA, gp, dev_scales, c.bs, c.qt, gbias, gout);
-  else cuda::gemm_4bit_mma(gA, gp, dev_scales, c.bs, c.qt, gbias, gout, c.tile_wk);
+  // The tiled kernel's weights are dequantize_4bit's (ref_T); the public call also reaches the
+  // skinny kernel and, below 9 rows, the fp32 streaming kernel (gemm4.cu's Note [gemm_4bit paths]).
+  const bool tiled = !c.skinny && (c.tile_wk >= 0 || (c.M > 8 && !cuda::gemm4_skinny_applies(gA, gp, dev_scales, c.bs, c.N)));
+  if (c.skinny) {
+    ASSERT_TRUE(cuda::gemm4_skinny_applies(gA, gp, dev_scales, c.bs, c.N));
+    cuda::gemm_4bit_skinny(gA, gp, dev_scales, c.bs, c.qt, gbias, gout);
+  } else if (c.tile_wk < 0) {
+    gemm_4bit(gA, gp, dev_scales, c.bs, c.qt, gbias, gout);
+  } else {
+    cuda::gemm_4bit_mma(gA, gp, dev_scales, c.bs, c.qt, gbias, gout, c.tile_wk);
+  }
   sync();
   const Bytes got = download(d_out, 0, static_cast<size_t>(c.M * c.N) * es);
 
@@ -188,8 +204,10 @@ void CudaGemm4Mma::run(const Case& c) {
       }
       ASSERT_TRUE(std::isfinite(g)) << "out[" << m << ", " << j << "] = " << g << " where the reference is " << ref_t;
       const double acc_t = depth * std::exp2(-21) * mag_t, acc_f = depth * std::exp2(-21) * mag_f;
-      ASSERT_LE(std::fabs(g - ref_t), acc_t + u * (std::fabs(ref_t) + acc_t) + 1e-6)
-          << "out[" << m << ", " << j << "] = " << g << ", dequantize + exact GEMM " << ref_t << " (sum |a w| " << mag_t << ")";
+      if (tiled) {
+        ASSERT_LE(std::fabs(g - ref_t), acc_t + u * (std::fabs(ref_t) + acc_t) + 1e-6)
+            << "out[" << m << ", " << j << "] = " << g << ", dequantize + exact GEMM " << ref_t << " (sum |a w| " << mag_t << ")";
+      }
       const double w_round = u * mag_f + tiny * sum_a;  // every weight rounded to T (subnormal: absolute)
       ASSERT_LE(std::fabs(g - ref_f), w_round + acc_f + u * (std::fabs(ref_f) + w_round + acc_f) + 1e-6)
           << "out[" << m << ", " << j << "] = " << g << ", fp32 oracle " << ref_f << " (sum |a w| " << mag_f << ")";
@@ -262,6 +280,46 @@ TEST_F(CudaGemm4Mma, EveryTile) {
         if (HasFatalFailure()) return;
       }
   run(Case{DType::BF16, QuantType::NF4, 70, 130, 4096, 64, true, true, 0, 0, false, 0});  // the rule's own pick
+}
+
+// The skinny kernel (M <= 16, K % 64 == 0, blocksize >= 64), forced: every M, N below, at and past
+// a row tile, K of one sub-slice up to an odd number of items and past one item a warp.
+TEST_F(CudaGemm4Mma, SkinnyEveryRowCount) {
+  SCOPED_TRACE(test::seed_note());
+  const int64_t Ns[] = {1, 15, 16, 17, 100, 257, 1000};
+  const int64_t Ks[] = {64, 128, 192, 576, 1024, 4160};
+  const int64_t bss[] = {64, 128, 256, 4096};
+  int v = 0;
+  for (int64_t M = 1; M <= 16; ++M)
+    for (int rep = 0; rep < 3; ++rep) {
+      ++v;
+      const int64_t K = Ks[v % 6], bs = bss[(v / 2) % 4];
+      Case c{v % 2 ? DType::BF16 : DType::F16, (v / 3) % 2 ? QuantType::FP4 : QuantType::NF4, M, Ns[v % 7], K, bs,
+             v % 3 == 0, v % 4 < 2};
+      c.skinny = true;
+      c.inf_block = !c.nested && v % 5 == 1;
+      run(c);
+      if (HasFatalFailure()) return;
+    }
+}
+
+// The public gemm_4bit on the skinny kernel's shapes and beside them: off alignment, K % 64 != 0,
+// blocksize 32 (those go to the other kernels), and a large square weight.
+TEST_F(CudaGemm4Mma, SkinnyAndItsNeighboursThroughGemm4bit) {
+  SCOPED_TRACE(test::seed_note());
+  int v = 0;
+  for (DType dt : {DType::BF16, DType::F16})
+    for (int64_t M : {1, 3, 8, 9, 16}) {
+      ++v;
+      run(Case{dt, QuantType::NF4, M, 300, 512, 64, v % 2 == 0, true});                  // skinny
+      run(Case{dt, QuantType::FP4, M, 129, 520, 64, v % 2 == 1, false});                 // K % 64 != 0
+      run(Case{dt, QuantType::NF4, M, 64, 256, 32, true, true});                         // blocksize 32
+      run(Case{dt, QuantType::NF4, M, 77, 256, 64, false, true, 1, 0});                  // A off alignment
+      run(Case{dt, QuantType::FP4, M, 77, 256, 128, true, false, 0, 4});                 // packed off 8-byte alignment
+      if (HasFatalFailure()) return;
+    }
+  run(Case{DType::BF16, QuantType::NF4, 1, 4096, 4096, 64, true, false});
+  run(Case{DType::F16, QuantType::NF4, 16, 2048, 4096, 64, true, true});
 }
 
 }  // namespace

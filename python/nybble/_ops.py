@@ -273,20 +273,19 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
 
 
 # Rows of A up to which the GPU runs gemm_4bit in C++ (_C.gemm_4bit, the weight read once and decoded
-# in registers): the streaming kernel up to GPU_STREAMING_MAX_ROWS, then for bf16/fp16 activations
-# the fused tensor-core kernel (cuda/gemm4_mma.cu) up to GPU_FUSED_MAX_ROWS rows, for weights of at
-# least GPU_FUSED_MIN_N rows. Elsewhere the weight is dequantized into a scratch tensor and
-# multiplied by cuBLASLt (F.linear). Measured on the H200 (docs/benchmarks/h200.md, the six weight
-# shapes, graph times): at M = 16 the fused kernel takes 0.71-0.92x the time of dequantize +
-# cuBLASLt for N >= 8192 and 1.34-1.39x for N = 4096 (too few CTAs: 128 weight rows each); at
-# M = 64 and above it is 1.5-5x slower everywhere (the weight is decoded again for every 64 rows
-# of A, and mma.sync runs at a fraction of wgmma's rate).
+# in registers; C++ picks the kernel, cuda/gemm4.cu's Note [gemm_4bit paths]): any activations up to
+# GPU_STREAMING_MAX_ROWS, bf16/fp16 up to GPU_FUSED_MAX_ROWS. Above, the weight is dequantized into
+# a scratch tensor and multiplied by cuBLASLt (F.linear). Measured on the H200
+# (cpp/bench/cuda_bench.cpp's sweep, docs/benchmarks/h200-sweep.md; the six weight shapes, NF4 bs 64
+# nested, bf16): at M = 16 the weight-streaming kernel (cuda/gemm4_skinny.cu) takes 13-105 us where
+# dequantize + cuBLASLt took 23-280 us; at M = 32 and 64 the tiled tensor-core kernel
+# (cuda/gemm4_mma.cu) is 1.5-5x slower than dequantize + cuBLASLt (the weight is decoded again for
+# every 16-64 rows of A, and mma.sync runs at a fraction of wgmma's rate).
 GPU_STREAMING_MAX_ROWS = 8  # the C++ side's kMaxRows (cuda/gemm4.cu)
 GPU_FUSED_MAX_ROWS = 16
-GPU_FUSED_MIN_N = 8192
 
 
-def _gemm_4bit_in_cpp(A, N, K) -> bool:
+def _gemm_4bit_in_cpp(A, K) -> bool:
     """Whether gemm_4bit runs in C++ (else dequantize + F.linear): always on the CPU; on the GPU by
     the measured rule above."""
     if not A.is_cuda:
@@ -294,7 +293,7 @@ def _gemm_4bit_in_cpp(A, N, K) -> bool:
     rows = A.numel() // max(K, 1)
     if rows <= GPU_STREAMING_MAX_ROWS:
         return True
-    return A.dtype in (torch.bfloat16, torch.float16) and rows <= GPU_FUSED_MAX_ROWS and N >= GPU_FUSED_MIN_N
+    return A.dtype in (torch.bfloat16, torch.float16) and rows <= GPU_FUSED_MAX_ROWS
 
 
 def _gemm_4bit_dequant_linear(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code, absmax_offset):
@@ -310,7 +309,7 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
     N, K = shapeB
     if bias is not None and bias.dtype != A.dtype:
         bias = bias.to(A.dtype)
-    if not _gemm_4bit_in_cpp(A, N, K):
+    if not _gemm_4bit_in_cpp(A, K):
         return _gemm_4bit_dequant_linear(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code,
                                          absmax_offset)
     out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=A.device)

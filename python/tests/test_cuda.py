@@ -150,9 +150,9 @@ def test_paged_optimizer_states_stay_paged_after_a_state_dict_round_trip(name):
 @pytest.mark.parametrize("M", [1, 3, 8, 9, 16, 64, 257])
 @pytest.mark.parametrize("nested", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("N", [300, 8195])  # 8195: the fused tensor-core kernel's range (_ops.py)
-def test_matmul_4bit_every_M_against_dequantize_and_linear(M, nested, dtype, N):
-    K = 520  # not a multiple of the blocksize
+@pytest.mark.parametrize("N", [300, 8195])
+@pytest.mark.parametrize("K", [512, 520])  # 512: the weight-streaming kernel's shapes; 520: not a multiple of the blocksize
+def test_matmul_4bit_every_M_against_dequantize_and_linear(M, nested, dtype, N, K):
     W = torch.randn(N, K, device="cuda")
     packed, state = F.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=nested)
     A = torch.randn(M, K, device="cuda", dtype=dtype)

@@ -36,6 +36,13 @@ decltype(nybble::int8_mm_dequant) int8_mm_dequant;
 // tile_wk 1, 2 or 4 forces a tile (Note [Tile choice]; for tests and sweeps), 0 picks one.
 void gemm_4bit_mma(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
                    QuantType qt, const std::optional<TensorView>& bias, const TensorView& out, int tile_wk = 0);
+// gemm_4bit's kernel for few rows of A (gemm4_skinny.cu), which gemm_4bit calls whenever
+// gemm4_skinny_applies: bf16/fp16, M <= 16, K % 64 == 0, blocksize >= 64, packed and A 16-byte
+// aligned, the scales 4-byte aligned.
+bool gemm4_skinny_applies(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
+                          int64_t N);
+void gemm_4bit_skinny(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
+                      QuantType qt, const std::optional<TensorView>& bias, const TensorView& out);
 // The mean into a device tensor, or back to the host (this one synchronizes absmax's stream).
 void absmax_mean(const TensorView& absmax, const TensorView& out);
 float absmax_mean_to_host(const TensorView& absmax);

@@ -98,6 +98,7 @@
 #include "cuda/elem.cuh"
 #include "cuda/gemm4_operands.cuh"
 #include "cuda/launch.cuh"
+#include "cuda/mma.cuh"
 #include "cuda/scales.cuh"
 
 namespace nybble::cuda {
@@ -141,60 +142,7 @@ static_assert(kRedBytes<1> <= Stage<true>::kSmem && kRedBytes<2> <= Stage<true>:
               "the epilogue's sums fit in the stages");
 
 template <DType T>
-struct MmaParams : Gemm4Operands<T> {
-  float code[16];  // formats.hpp code_table
-};
-
-// ---- PTX wrappers ------------------------------------------------------------------------------
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-
-// kBytes (4 or 16) from global src to shared dst, of which src_bytes (0..kBytes) are read and the
-// rest zero-filled; src_bytes == 0 reads nothing.
-template <int kBytes>
-__device__ __forceinline__ void cp_async(void* dst, const void* src, int src_bytes) {
-  static_assert(kBytes == 4 || kBytes == 16);
-  if constexpr (kBytes == 16)
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(__cvta_generic_to_global(src)),
-                 "r"(src_bytes)
-                 : "memory");
-  else
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(__cvta_generic_to_global(src)),
-                 "r"(src_bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most kPending of this thread's committed groups are in flight.
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory"); }
-
-// d += a (16 x 16, row) * b (16 x 8, col), fp32 accumulators.
-template <DType T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (T == DType::BF16)
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  else
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two fp32 values rounded to nearest even into one T x2 register, lo in the low half (the element
-// of the smaller k): one cvt.rn.{bf16x2,f16x2}.f32, the rounding of Elem<T>::to_bits.
-template <DType T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  uint32_t r;
-  if constexpr (T == DType::BF16) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    memcpy(&r, &h, 4);
-  } else {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    memcpy(&r, &h, 4);
-  }
-  return r;
-}
+using MmaParams = Gemm4MmaParams<T>;
 
 // v clamped to [lo, hi], which fit an int.
 __device__ __forceinline__ int clamp_i64(int64_t v, int lo, int hi) {
@@ -207,23 +155,6 @@ __device__ __forceinline__ float lut_at(const float* lut, uint32_t q4, int b) {
 }
 
 // ---- scales ------------------------------------------------------------------------------------
-
-// A block's scale as loaded ahead of its use: the absmax, or for a nested absmax the group's fp32
-// absmax and the block's 8-bit code, finished by scale() (DeviceScales::nested's roundings).
-struct RawScale {
-  float a = 0.0f;
-  uint32_t q = 0;
-};
-
-__device__ __forceinline__ RawScale load_scale(const DeviceScales& s, int64_t b) {
-  if (s.qabsmax == nullptr) return {__ldg(s.absmax + b), 0};
-  const int64_t grp = s.nested_shift >= 0 ? b >> s.nested_shift : b / s.nested_blocksize;
-  return {__ldg(s.nested_absmax + grp), __ldg(s.qabsmax + b)};
-}
-__device__ __forceinline__ float scale(const DeviceScales& s, RawScale r, float off, const float* code8) {
-  if (s.qabsmax == nullptr) return r.a;
-  return __fadd_rn(__fmul_rn(code8[r.q], r.a), off);
-}
 
 // The scales of one thread's 16-element chunk of one weight row: lo for the chunk's first element,
 // hi for its last valid one (another block only on the general path, where chunks may straddle).
@@ -541,16 +472,12 @@ void gemm_4bit_mma(const TensorView& A, const TensorView& packed, const BlockSca
   const int64_t M = A.shape[0], K = A.shape[1], N = out.shape[1];
   if (M == 0 || N == 0) return;
   const Call call("gemm_4bit", A);
-  const auto run = [&](auto t) {
+  dispatch_half(A.dtype, [&](auto t) {
     constexpr DType T = decltype(t)::value;
-    MmaParams<T> p{gemm4_operands<T>(A, packed, scales, blocksize, bias, out), {}};
-    const Code4Tables t4 = code4_tables(qt);
-    std::copy(t4.code, t4.code + 16, p.code);
+    const MmaParams<T> p = gemm4_mma_params<T>(A, packed, scales, blocksize, qt, bias, out);
     if (K % kSub == 0 && aligned(A.data, 16) && aligned(packed.data, 16)) launch_for_shape<T, true>(call, p, tile_wk);
     else launch_for_shape<T, false>(call, p, tile_wk);
-  };
-  if (A.dtype == DType::BF16) run(std::integral_constant<DType, DType::BF16>{});
-  else run(std::integral_constant<DType, DType::F16>{});
+  });
 }
 
 }  // namespace nybble::cuda

@@ -54,4 +54,21 @@ inline DeviceScales device_scales(const BlockScales& s) {
   return d;
 }
 
+// A block's scale as loaded ahead of its use: the absmax, or for a nested absmax the group's fp32
+// absmax and the block's 8-bit code, finished by scale() (DeviceScales::nested's roundings).
+struct RawScale {
+  float a = 0.0f;
+  uint32_t q = 0;
+};
+
+__device__ __forceinline__ RawScale load_scale(const DeviceScales& s, int64_t b) {
+  if (s.qabsmax == nullptr) return {__ldg(s.absmax + b), 0};
+  const int64_t grp = s.nested_shift >= 0 ? b >> s.nested_shift : b / s.nested_blocksize;
+  return {__ldg(s.nested_absmax + grp), __ldg(s.qabsmax + b)};
+}
+__device__ __forceinline__ float scale(const DeviceScales& s, RawScale r, float off, const float* code8) {
+  if (s.qabsmax == nullptr) return r.a;
+  return __fadd_rn(__fmul_rn(code8[r.q], r.a), off);
+}
+
 }  // namespace nybble::cuda
