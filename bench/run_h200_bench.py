@@ -252,7 +252,9 @@ def render(data: dict) -> str:
            "Each target missed below, what limits it (found by measurement) and what would close it: "
            "[h200-targets.md](h200-targets.md). Single eager calls profiled: "
            "[h200-eager-profile.md](h200-eager-profile.md) (`bench/profile_eager.py`). Optimizer steps: "
-           "[optim-cuda.md](optim-cuda.md) (`bench/run_optim_bench.py --device cuda`).", "",
+           "[optim-cuda.md](optim-cuda.md) (`bench/run_optim_bench.py --device cuda`). Every 4-bit matmul "
+           "kernel forced, the sweep behind gemm_4bit's rule: [h200-sweep.md](h200-sweep.md). QLoRA training "
+           "step and batch-1 decode: [qlora.md](qlora.md) (`bench/run_qlora_bench.py`).", "",
            f"## Quantization, W = {data['config']['quant_shape'][0]} × {data['config']['quant_shape'][1]}", "",
            "| op | reference | % of B | nybble | % of B | nybble × | target | mean abs err ref / nybble |",
            "|---|---:|---:|---:|---:|---:|---|---|"]
