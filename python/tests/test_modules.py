@@ -396,6 +396,7 @@ def test_linear4bit_load_errors(device):
     sd = {k: v for k, v in good.items() if k.startswith("weight.")}
     with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"weight\""):
         load(sd)
+    assert sorted(load(sd, strict=False).missing_keys) == ["bias", "weight"]  # each reported once
     # a float state_dict into an already quantized layer: the weight shapes differ
     with pytest.raises(RuntimeError, match="size mismatch for weight"):
         load(torch.nn.Linear(96, 40, device=device).state_dict(), module=_linear4bit(device=device)[1])

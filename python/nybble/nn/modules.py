@@ -458,8 +458,7 @@ def _load_4bit_weight(module: nn.Module, state_dict, prefix: str, missing_keys, 
     stats = {k[len(sub):]: v for k, v in state_dict.items() if k.startswith(sub)}
     if not stats:
         return []
-    if wkey not in state_dict:
-        missing_keys.append(wkey)
+    if wkey not in state_dict:  # nn.Module reports the weight missing; its statistics are unexpected
         return [sub + k for k in stats]
     valid = set(functional.QuantState.valid_qs_keys)
     extra = [k for k in stats if not k.startswith("quant_state.") and k not in valid]
