@@ -47,7 +47,7 @@
 // docs/benchmarks/h200-sweep.md), NF4 bs 64 nested, bf16: M = 1 at 21-42 % of the copy bandwidth
 // (28672 x 8192: 68.6 us, 1.77 TB/s; 4096 x 4096: 9.7 us), M = 16 at 17-28 %. The way there, on the
 // 28672 x 8192 weight at M = 1: items of 2 sub-slices loaded into registers just before use: 76 us;
-// a 3-slot cp.async ring of such items, 16-24 warps an SM: 92-93 us (ncu: 0.46-0.52 instructions
+// cp.async rings of such items (beside the table, then in its holes), 16-24 warps an SM: 92-93 us (ncu: 0.46-0.52 instructions
 // issued per scheduler and cycle, 11 cycles between a warp's instructions, DRAM 21 %: about 430
 // instructions an item, most of them 64-bit index arithmetic and per-item overhead, not the
 // decode); this form (4 sub-slices an item, the scales in registers, constant offsets): 68.6 us.
@@ -56,8 +56,8 @@
 // one 16-byte copy per lane and sub-slice pair) and more bytes in flight a warp.
 //
 // Conditions (gemm4_skinny_applies): T bf16/fp16, 1 <= M <= 16, K % 64 == 0, blocksize >= 64,
-// packed and A 16-byte aligned, the scale buffers 4-byte aligned. Everything else stays on gemm4.cu /
-// gemm4_mma.cu. A code word past the end of the 8-bit codes is copied only up to their end.
+// packed and A 16-byte aligned, the fp32 scale buffers 4-byte aligned. Everything else stays on
+// gemm4.cu / gemm4_mma.cu.
 // Weight rows n >= N and sub-slices past K load nothing (zero-filled operands) and A rows m >= M
 // are zero; an mma output depends on its own operand rows only, and rows n >= N are not stored.
 #include <cuda_runtime.h>
