@@ -113,6 +113,35 @@ def test_qlora_trains_saves_and_reloads(tiny_dir, tokens, device, name, tmp_path
     assert float((logits(merged, tokens) - want).abs().max()) < 0.1 * float(want.abs().max())
 
 
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_qlora_gradient_checkpointing_gives_the_same_gradients(tiny_dir, tokens, device, use_reentrant):
+    # The QLoRA recipe's default: prepare_model_for_kbit_training turns on gradient checkpointing,
+    # which recomputes every decoder layer (and its 4-bit matmuls) in the backward. The adapters'
+    # gradients must be those of the run without it: bit for bit on the CPU (the same kernels on the
+    # same inputs); on CUDA within the nondeterminism of the attention's backward.
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    def lora_grads(checkpointing):
+        torch.manual_seed(0)
+        model = prepare_model_for_kbit_training(load(tiny_dir, "nf4-dq-bf16", device),
+                                                use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+        assert model.is_gradient_checkpointing == checkpointing
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=LINEARS, task_type="CAUSAL_LM"))
+        model.train()
+        batch = tokens.to(model.device)
+        model(input_ids=batch, labels=batch).loss.backward()
+        return {n: p.grad.float().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain, recomputed = lora_grads(False), lora_grads(True)
+    assert plain.keys() == recomputed.keys() and len(plain) == 2 * 7 * 2  # A and B of 7 projections in 2 layers
+    for name, g in plain.items():
+        if device == "cpu":
+            assert torch.equal(recomputed[name], g), name
+        else:
+            torch.testing.assert_close(recomputed[name], g, atol=1e-4, rtol=1e-3, msg=name)
+
+
 REFERENCE_SAVE = """
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 import torch
