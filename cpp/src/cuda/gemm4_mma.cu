@@ -1,6 +1,7 @@
 // cuda/gemm4_mma.cu — out[M, N] = A[M, K] @ W^T (+ bias[N]) with W the 4-bit weight [N, K] on tensor
 // cores (mma.sync m16n8k16, bf16 or fp16 inputs, fp32 accumulation, sm_80+), for bf16/fp16
-// activations and M above the streaming kernel's 8 rows (gemm4.cu, Note [gemm_4bit paths]). The
+// activations on the shapes the weight-streaming kernel (gemm4_skinny.cu) does not take and for M
+// above 16 when called (gemm4.cu, Note [gemm_4bit paths]). The
 // weight is streamed once per CTA row of the grid and decoded in registers; it is never written to
 // memory. Each weight is decoded exactly as dequantize_4bit decodes it: w = round_to_T(code[c] *
 // scale(block)), the product in fp32. So the result is dequantize_4bit + a bf16/fp16 GEMM with fp32
@@ -74,8 +75,10 @@
 //
 // Measured on the H200 (docs/benchmarks/h200.md's six weight shapes, NF4 bs 64 nested, bf16, CUDA
 // graphs): 28672 x 8192: M = 16 198 us (dequantize + cuBLASLt: 278 us, bf16 F.linear 107 us),
-// M = 64 415 us, M = 256 1.13 ms, M = 1024 3.9 ms (bf16: 757 us): 123 TFLOP/s at M = 1024. So it
-// only wins at M <= 16 on N >= 8192 (_ops.py's rule); cuda_gemm4_mma_test passes on the H200,
+// M = 64 415 us, M = 256 1.13 ms, M = 1024 3.9 ms (bf16: 757 us): 123 TFLOP/s at M = 1024. Since
+// the weight-streaming kernel (gemm4_skinny.cu) it wins nowhere on those shapes
+// (docs/benchmarks/h200-sweep.md): gemm_4bit reaches it only for shapes the other kernel does not
+// take (K % 64 != 0, blocksize 32, misaligned buffers); cuda_gemm4_mma_test passes on the H200,
 // with memcheck and racecheck clean.
 // Limitations: the work per weight is the bound, not DRAM: a shared-memory table load, an FMUL and
 // a conversion per weight, repeated for every M tile of 64 rows (16 times at M = 1024), on
