@@ -193,6 +193,18 @@ def train(lib: str, cfg: dict) -> dict:
         step()
         times.append(stop())
     step_s = statistics.median(times)
+    if device == "cuda":
+        # The GPU's own time per step (its kernels and copies, profiled over 2 more steps): a step much
+        # longer than this waits on the host (Python, launches), not on the GPU.
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(2):
+                step()
+            torch.cuda.synchronize()
+        gpu = [e for e in prof.events() if e.device_type == DeviceType.CUDA]  # each kernel or copy once
+        row["gpu_busy_s"] = sum(e.device_time_total for e in gpu) / 2e6  # us over 2 steps
     row.update({"step_s": step_s, "step_min_s": min(times), "step_max_s": max(times),
                 "tokens_per_s": cfg["batch"] * cfg["seq"] / step_s,
                 "peak_memory": torch.cuda.max_memory_allocated() if device == "cuda" else None,
@@ -352,16 +364,19 @@ def render(data: dict) -> str:
         f"{cfg['lr']}) on the LoRA parameters; batch {cfg['batch']} × {cfg['seq']} random tokens, labels = "
         f"inputs; gradient checkpointing {gc}. Step = forward with loss + backward + optimizer step; median of "
         f"{cfg['steps']} steps after {cfg['warmup']} warm-up. Peak memory: max_memory_allocated over "
-        "the steps, weights included. The ratios below: nybble's step time over theirs (lower is better)."), "",
-        ("| lib | step | tokens/s | peak memory | after load | 4-bit layers | lm_head | trainable "
+        "the steps, weights included. GPU busy: the GPU's kernel and copy time per step (torch.profiler, 2 "
+        "more steps); the rest of a step is the host's. The ratios below: nybble's step time over theirs "
+        "(lower is better)."), "",
+        ("| lib | step | GPU busy | tokens/s | peak memory | after load | 4-bit layers | lm_head | trainable "
          "| loss first → last | load |"),
-        "|---|---:|---:|---:|---:|---:|---|---:|---|---:|"]
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|"]
     train_rows = {lib: r["rows"].get("train", {"error": r["info"].get("failed", "not run")})
                   for lib, r in res.items()}
     for lib, row in train_rows.items():
         loss = f"{row['loss_first']:.3f} → {row['loss_last']:.3f}" if "loss_first" in row else ""
         lines.append(
             f"| {lib} | {cell(row, 'step_s', fmt(row.get('step_s'), ' ms', 1e3))} | "
+            f"{cell(row, 'gpu_busy_s', fmt(row.get('gpu_busy_s'), ' ms', 1e3))} | "
             f"{cell(row, 'tokens_per_s', fmt(row.get('tokens_per_s'), '', 1, 0))} | "
             f"{cell(row, 'peak_memory', fmt(row.get('peak_memory'), ' GiB', 2**-30, 2))} | "
             f"{cell(row, 'memory_after_load', fmt(row.get('memory_after_load'), ' GiB', 2**-30, 2))} | "
