@@ -387,8 +387,9 @@ void run_gemm(const GemmCase& c, std::mt19937_64& rng,
   dout.poison();
   const auto view = [&](const DeviceBuffer& b, DType d, std::initializer_list<int64_t> s) { return gpu(b, 0, d, s); };
   const std::optional<TensorView> gb = c.bias ? std::optional<TensorView>(gpu(dbias, 0, c.dt, {c.N})) : std::nullopt;
-  gemm_4bit(gpu(dA, c.shift * es, c.dt, {c.M, c.K}), gpu(dp, 0, DType::U8, {nbytes}), sc.device(nb, view), c.bs, c.qt, gb,
-            gpu(dout, 0, c.dt, {c.M, c.N}));
+  const TensorView gA = gpu(dA, c.shift * es, c.dt, {c.M, c.K}), gp = gpu(dp, 0, DType::U8, {nbytes});
+  const BlockScales gsc = sc.device(nb, view);
+  gemm_4bit(gA, gp, gsc, c.bs, c.qt, gb, gpu(dout, 0, c.dt, {c.M, c.N}));
   sync();
   const Bytes got = download(dout, 0, ro.size());
   // fp32 sums in any order lie within (depth + slack) * 2^-24 * sum|a w| of the exact sum; the
@@ -396,8 +397,7 @@ void run_gemm(const GemmCase& c, std::mt19937_64& rng,
   // The skinny kernel (bf16/fp16 on aligned shapes, cuda/gemm4_skinny.cu) rounds each weight's code
   // to T: up to precision(T) / 2 of every product more (cuda_gemm4_mma_test.cpp tests it closely).
   const double depth_gpu = 32 + static_cast<double>(c.K) / 1024 + 16, depth_cpu = static_cast<double>(c.K) + 16;
-  const TensorView gA = gpu(dA, c.shift * es, c.dt, {c.M, c.K}), gp = gpu(dp, 0, DType::U8, {nbytes});
-  const double w_round = cuda::gemm4_skinny_applies(gA, gp, sc.device(nb, view), c.bs, c.N) ? precision(c.dt) / 2 : 0.0;
+  const double w_round = cuda::gemm4_skinny_applies(gA, gp, gsc, c.bs, c.N) ? precision(c.dt) / 2 : 0.0;
   for (int64_t m = 0; m < c.M; ++m)
     for (int64_t j = 0; j < c.N; ++j) {
       double exact = 0.0, mag = 0.0;

@@ -144,9 +144,6 @@ static_assert(Stage<false>::kSmem + 16 * 4 + 256 * 4 <= 48 * 1024, "stages + tab
 static_assert(kRedBytes<1> <= Stage<true>::kSmem && kRedBytes<2> <= Stage<true>::kSmem && kRedBytes<4> <= Stage<true>::kSmem,
               "the epilogue's sums fit in the stages");
 
-template <DType T>
-using MmaParams = Gemm4MmaParams<T>;
-
 // v clamped to [lo, hi], which fit an int.
 __device__ __forceinline__ int clamp_i64(int64_t v, int lo, int hi) {
   return static_cast<int>(v < lo ? lo : v > hi ? hi : v);
@@ -175,7 +172,7 @@ struct Gemm4Mma {
   using St = Stage<kAligned>;
   static constexpr int kWRow = St::kWRow;
 
-  const MmaParams<T>& p;
+  const Gemm4MmaParams<T>& p;
   uint8_t* smem;       // kStages stages, then reused by the epilogue
   const float* lut;    // the code table in shared memory
   const float* code8;  // the nested code map in shared memory
@@ -426,7 +423,7 @@ struct Gemm4Mma {
 constexpr int min_blocks(int wk, bool aligned) { return wk == 1 || !aligned ? 2 : 3; }
 
 template <DType T, int WK, bool kAligned>
-__global__ void __launch_bounds__(kThreads, min_blocks(WK, kAligned)) gemm4_mma_kernel(MmaParams<T> p) {
+__global__ void __launch_bounds__(kThreads, min_blocks(WK, kAligned)) gemm4_mma_kernel(Gemm4MmaParams<T> p) {
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ float lut[16];
   __shared__ float code8[256];
@@ -443,7 +440,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks(WK, kAligned)) gemm4_mma_
 }
 
 template <DType T, int WK, bool kAligned>
-void launch(const Call& call, const MmaParams<T>& p) {
+void launch(const Call& call, const Gemm4MmaParams<T>& p) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, Tile<WK>::kBN)),
                   static_cast<unsigned>(std::min<int64_t>(ceil_div(p.M, Tile<WK>::kBM), 65535)));
   gemm4_mma_kernel<T, WK, kAligned><<<grid, kThreads, Stage<kAligned>::kSmem, call.stream()>>>(p);
@@ -457,7 +454,7 @@ void launch(const Call& call, const MmaParams<T>& p) {
 // not swept (the tile sweep of issue 7 is still to do).
 // tile_wk 1, 2 or 4 forces that tile (tests, sweeps); anything else applies the rule.
 template <DType T, bool kAligned>
-void launch_for_shape(const Call& call, const MmaParams<T>& p, int tile_wk) {
+void launch_for_shape(const Call& call, const Gemm4MmaParams<T>& p, int tile_wk) {
   if (tile_wk == 1) return launch<T, 1, kAligned>(call, p);
   if (tile_wk == 2) return launch<T, 2, kAligned>(call, p);
   if (tile_wk == 4) return launch<T, 4, kAligned>(call, p);
@@ -477,7 +474,7 @@ void gemm_4bit_mma(const TensorView& A, const TensorView& packed, const BlockSca
   const Call call("gemm_4bit", A);
   dispatch_half(A.dtype, [&](auto t) {
     constexpr DType T = decltype(t)::value;
-    const MmaParams<T> p = gemm4_mma_params<T>(A, packed, scales, blocksize, qt, bias, out);
+    const Gemm4MmaParams<T> p = gemm4_mma_params<T>(A, packed, scales, blocksize, qt, bias, out);
     if (K % kSub == 0 && aligned(A.data, 16) && aligned(packed.data, 16)) launch_for_shape<T, true>(call, p, tile_wk);
     else launch_for_shape<T, false>(call, p, tile_wk);
   });

@@ -63,6 +63,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 
 #include "cuda/backend.hpp"
 #include "cuda/codebook.hpp"
@@ -104,9 +106,6 @@ struct Smem {
   static constexpr int kBytes = kCode8 + 256 * 4;
 };
 
-template <DType T>
-using SkinnyParams = Gemm4MmaParams<T>;
-
 // The operand register of packed byte b (bits 8b..8b+7) of word w: a pair-table lookup. One byte
 // permute builds the offset, x * 256 + lane4 (lane4 = 4 * lane, in byte 0 of its register), and the
 // table's own address is the load's constant offset: the table starts the dynamic shared memory.
@@ -119,7 +118,7 @@ template <DType T, int NF>
 struct Skinny {
   using S = storage_t<T>;
 
-  const SkinnyParams<T>& p;
+  const Gemm4MmaParams<T>& p;
   const uint8_t* table;
   const float* code8;
   float off;
@@ -199,7 +198,7 @@ struct Skinny {
 
 // 3 CTAs a multiprocessor for one activation fragment (24 warps), 2 for two.
 template <DType T, int NF>
-__global__ void __launch_bounds__(kThreads, NF == 1 ? 3 : 2) gemm4_skinny_kernel(SkinnyParams<T> p) {
+__global__ void __launch_bounds__(kThreads, NF == 1 ? 3 : 2) gemm4_skinny_kernel(Gemm4MmaParams<T> p) {
   using Sm = Smem<NF>;
   constexpr int kCols = NF * 8;
   extern __shared__ __align__(16) uint8_t smem[];
@@ -280,18 +279,31 @@ __global__ void __launch_bounds__(kThreads, NF == 1 ? 3 : 2) gemm4_skinny_kernel
   cp_async_wait<0>();  // (only empty groups can be left)
 }
 
+// Resident CTAs a multiprocessor of `device` for kernel<T, NF>, found once per GPU; the kernel's
+// shared-memory opt-in (a per-GPU function attribute) is set then too, not on every launch.
 template <DType T, int NF>
-void launch(const Call& call, const SkinnyParams<T>& p) {
+int resident_ctas(const Call& call) {
+  static std::array<std::atomic<int>, 64> cache{};  // per GPU; 0 = not set up yet
+  const int device = call.device();
+  const bool cached = device >= 0 && device < static_cast<int>(cache.size());
+  if (cached)
+    if (int n = cache[static_cast<size_t>(device)].load(std::memory_order_relaxed)) return n;
   const auto kernel = gemm4_skinny_kernel<T, NF>;
   constexpr int smem = Smem<NF>::kBytes;
   call.check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "cudaFuncSetAttribute");
-  static const int per_sm = [&] {  // resident CTAs a multiprocessor (the first GPU's; only sizes the grid)
-    int n = 0;
-    call.check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem), "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    return std::max(n, 1);
-  }();
-  const auto grid = static_cast<unsigned>(std::min<int64_t>(ceil_div(p.N, 16), int64_t{per_sm} * sm_count(call.device())));
-  kernel<<<grid, kThreads, smem, call.stream()>>>(p);
+  int n = 0;
+  call.check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem),
+             "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  n = std::max(n, 1);
+  if (cached) cache[static_cast<size_t>(device)].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+template <DType T, int NF>
+void launch(const Call& call, const Gemm4MmaParams<T>& p) {
+  const int64_t ctas = int64_t{resident_ctas<T, NF>(call)} * sm_count(call.device());
+  const auto grid = static_cast<unsigned>(std::min<int64_t>(ceil_div(p.N, 16), ctas));
+  gemm4_skinny_kernel<T, NF><<<grid, kThreads, Smem<NF>::kBytes, call.stream()>>>(p);
   call.check_launch("gemm4_skinny_kernel");
 }
 
@@ -311,7 +323,7 @@ void gemm_4bit_skinny(const TensorView& A, const TensorView& packed, const Block
   const Call call("gemm_4bit", A);
   dispatch_half(A.dtype, [&](auto t) {
     constexpr DType T = decltype(t)::value;
-    const SkinnyParams<T> p = gemm4_mma_params<T>(A, packed, scales, blocksize, qt, bias, out);
+    const Gemm4MmaParams<T> p = gemm4_mma_params<T>(A, packed, scales, blocksize, qt, bias, out);
     if (p.M <= 8) launch<T, 1>(call, p);
     else launch<T, 2>(call, p);
   });
