@@ -76,7 +76,8 @@ def make_config(args) -> dict:
             "warmup": 1 if quick else 5, "steps": 3 if quick else 20,
             "gradient_checkpointing": args.gradient_checkpointing, "kbit_prepare": not args.no_kbit_prepare,
             "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": LORA_TARGETS},
-            "lr": 1e-4,
+            "lr": 1e-4, "parts": args.parts,
+            "host_profile": str(args.host_profile.resolve()) if args.host_profile else None,
             "decode": {"prompt": 8 if quick else 32, "new_tokens": 16 if quick else 256,
                        "reps": 3,
                        "mode": args.decode_mode or ("graph" if args.device == "cuda" else "eager")}}
@@ -199,12 +200,17 @@ def train(lib: str, cfg: dict) -> dict:
         from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if cfg["host_profile"] else [])
+        with profile(activities=activities) as prof:
             for _ in range(2):
                 step()
             torch.cuda.synchronize()
         gpu = [e for e in prof.events() if e.device_type == DeviceType.CUDA]  # each kernel or copy once
         row["gpu_busy_s"] = sum(e.device_time_total for e in gpu) / 2e6  # us over 2 steps
+        if cfg["host_profile"]:  # where the host's time goes (the CPU-side events, 2 steps)
+            out = Path(cfg["host_profile"]) / f"{lib}-train-host.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=60, max_name_column_width=70))
     row.update({"step_s": step_s, "step_min_s": min(times), "step_max_s": max(times),
                 "tokens_per_s": cfg["batch"] * cfg["seq"] / step_s,
                 "peak_memory": torch.cuda.max_memory_allocated() if device == "cuda" else None,
@@ -301,7 +307,7 @@ def worker(lib: str, cfg: dict) -> dict:
         info["version"] = bitsandbytes.__version__
         info["path"] = str(Path(bitsandbytes.__file__).resolve().parent)
     rows = {}
-    for part, fn in (("train", train), ("decode", decode)):
+    for part, fn in ((part, {"train": train, "decode": decode}[part]) for part in cfg["parts"]):
         try:
             rows[part] = fn(lib, cfg)
         except Exception as e:  # noqa: BLE001 - one part failing leaves the other to run
@@ -463,6 +469,10 @@ def main() -> int:
                     help="skip prepare_model_for_kbit_training (keeps norms, embeddings, lm_head in bf16)")
     ap.add_argument("--decode-mode", choices=["graph", "eager"],
                     help="graph: the decode step compiled with CUDA graphs (default on cuda); eager (default on cpu)")
+    ap.add_argument("--parts", nargs="+", choices=["train", "decode"], default=["train", "decode"],
+                    help="what to measure (default both)")
+    ap.add_argument("--host-profile", type=Path, metavar="DIR",
+                    help="on cuda: also profile the host over the 2 profiled training steps, tables into DIR")
     ap.add_argument("--out-dir", type=Path)
     ap.add_argument("--from-json", type=Path)
     add_worker_arguments(ap, (SAVE,) + LIBS)

@@ -122,7 +122,21 @@ def op(name: str, A: torch.Tensor):
 
 def call(name: str, A: torch.Tensor, *args, **kwargs):
     """``torch.ops.nybble.<name>(A, *args, **kwargs)``, called as ``op`` says."""
+    A = plain(A)
     return op(name, A)(A, *args, **kwargs)
+
+
+def plain(t):
+    """t as a plain tensor (same storage, same autograd graph) where t is a parameter: an
+    ``nn.Parameter``, ``Params4bit`` or ``Int8Params``. Every method call and attribute read on a
+    parameter subclass goes through its ``__torch_function__`` (~1-5 us each, on the H200's host
+    ~0.1 ms over one 4-bit layer's forward and backward), and an op called with one takes the
+    dispatcher's round trip (``op``). Tensor subclasses that wrap other tensors (DTensor, fake or
+    functional tensors; ``__tensor_flatten__``) and anything under torch.compile stay as they are."""
+    if type(t) is torch.Tensor or not isinstance(t, torch.nn.Parameter) or hasattr(t, "__tensor_flatten__") \
+            or torch.compiler.is_compiling():
+        return t
+    return t.as_subclass(torch.Tensor)
 
 
 def _fake(name: str):
@@ -238,8 +252,13 @@ def _(A, absmax, blocksize, quant_type, shape, dtype, absmax_8bit=None, absmax_c
 
 def _dequantize_4bit(A, absmax, blocksize, quant_type, out, absmax_8bit=None, absmax_code=None, absmax_offset=None):
     _check_4bit(blocksize, quant_type)
-    _check_float("out", out)
     _check_nested(absmax_8bit, absmax_code, absmax_offset)
+    _dequantize_4bit_checked(A, absmax, blocksize, quant_type, out, absmax_8bit, absmax_code, absmax_offset)
+
+
+def _dequantize_4bit_checked(A, absmax, blocksize, quant_type, out, absmax_8bit, absmax_code, absmax_offset):
+    """_dequantize_4bit past the checks its caller made already (blocksize, quant type, nested scales)."""
+    _check_float("out", out)
     q, nested, code, offset = _scales(absmax, absmax_8bit, absmax_code, absmax_offset)
     _C.dequantize_4bit(_bytes(A), q, nested, code, offset, NESTED_BLOCKSIZE, blocksize, quant_type, out, stream=_stream(A))
 
@@ -298,7 +317,7 @@ def _gemm_4bit_in_cpp(A, K) -> bool:
 
 def _gemm_4bit_dequant_linear(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code, absmax_offset):
     W = torch.empty(shapeB, dtype=A.dtype, device=A.device)
-    _dequantize_4bit(B, absmax, blocksize, quant_type, W, absmax_8bit, absmax_code, absmax_offset)
+    _dequantize_4bit_checked(B, absmax, blocksize, quant_type, W, absmax_8bit, absmax_code, absmax_offset)
     return torch.nn.functional.linear(A, W, bias)
 
 

@@ -304,7 +304,7 @@ def gemm_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, bias=No
     """``A @ dequant(B).T + bias`` through the fused op; B is the packed weight in any view."""
     absmax, absmax_8bit, code, offset = _nested_args(quant_state)
     return _ops.call(
-        "gemm_4bit", A, B.view(-1, 1), quant_state.shape, absmax, quant_state.blocksize, quant_state.quant_type,
+        "gemm_4bit", A, _ops.plain(B).view(-1, 1), quant_state.shape, absmax, quant_state.blocksize, quant_state.quant_type,
         bias, absmax_8bit, code, offset,
     )
 
@@ -367,6 +367,7 @@ def matmul_4bit(
             f"matmul_4bit: quant_state.shape must be 2D [N, K], got {None if quant_state.shape is None else list(quant_state.shape)}"
         )
     N, K = quant_state.shape
+    B = _ops.plain(B)
     if A.shape[-1] == N and N != K:
         if not _is_compiling():
             warnings.warn(
