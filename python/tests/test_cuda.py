@@ -147,22 +147,39 @@ def test_paged_optimizer_states_stay_paged_after_a_state_dict_round_trip(name):
 # ---- gemm_4bit on the GPU: both paths ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("M", [1, 3, 8, 9, 16, 64, 257])
+@pytest.mark.parametrize("M", [1, 3, 8, 9, 16, 17, 33, 64, 257, 1024, 4096])
 @pytest.mark.parametrize("nested", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("N", [300, 8195])
 @pytest.mark.parametrize("K", [512, 520])  # 512: the weight-streaming kernel's shapes; 520: not a multiple of the blocksize
-def test_matmul_4bit_every_M_against_dequantize_and_linear(M, nested, dtype, N, K):
+@pytest.mark.parametrize("quant_type, with_bias", [("nf4", True), ("fp4", False)])
+def test_matmul_4bit_every_M_against_dequantize_and_linear(M, nested, dtype, N, K, quant_type, with_bias):
+    """Forward and backward (grad of A and bias) against dequantize + F.linear in fp32, whichever
+    path the rows of A take; the output poisoned with NaN before the op writes it."""
     W = torch.randn(N, K, device="cuda")
-    packed, state = F.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=nested)
-    A = torch.randn(M, K, device="cuda", dtype=dtype)
-    bias = torch.randn(N, device="cuda", dtype=dtype)
-    got = nybble.matmul_4bit(A, packed.t(), state, bias=bias)
+    packed, state = F.quantize_4bit(W, blocksize=64, quant_type=quant_type, compress_statistics=nested)
+    A = torch.randn(M, K, device="cuda", dtype=dtype, requires_grad=True)
+    bias = torch.randn(N, device="cuda", dtype=dtype, requires_grad=True) if with_bias else None
+    poisoned = torch.full((M, N), float("nan"), device="cuda", dtype=dtype)
+    with torch.no_grad():
+        got = nybble.matmul_4bit(A, packed.t(), state, bias=bias, out=poisoned)
+    assert got.dtype == dtype and got.shape == (M, N) and got.data_ptr() == poisoned.data_ptr()
     Wd = F.dequantize_4bit(packed, state).float()
-    expected = torch.nn.functional.linear(A.float(), Wd, bias.float())
-    assert got.dtype == dtype and got.shape == (M, N)
+    A32 = A.detach().float().requires_grad_()
+    b32 = None if bias is None else bias.detach().float().requires_grad_()
+    expected = torch.nn.functional.linear(A32, Wd, b32)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(got.float(), expected, rtol=tol, atol=tol * K ** 0.5)
+    torch.testing.assert_close(got.float(), expected.detach(), rtol=tol, atol=tol * K ** 0.5)
+
+    out = nybble.matmul_4bit(A, packed.t(), state, bias=bias)
+    torch.testing.assert_close(out, got, rtol=0, atol=0)  # the same path with grad enabled
+    g = torch.randn(M, N, device="cuda", dtype=dtype)
+    out.backward(g)
+    expected.backward(g.float())
+    assert A.grad.dtype == dtype
+    torch.testing.assert_close(A.grad.float(), A32.grad, rtol=tol, atol=tol * N ** 0.5)
+    if bias is not None:
+        torch.testing.assert_close(bias.grad.float(), b32.grad, rtol=tol, atol=tol * M ** 0.5)
 
 
 def test_quantized_linear4bit_moves_between_gpu_and_cpu_as_it_is():
