@@ -239,6 +239,24 @@ def test_matmul_4bit_backward(device, dtype, quant_type, nested):
     torch.testing.assert_close(bias1.grad, bias2.grad)
 
 
+@pytest.mark.parametrize("nested", [False, True])
+def test_matmul_4bit_backward_prepared_dequantize(device, nested):
+    """The backward's dequantize, prepared in the forward, decodes exactly as the op does; traced
+    tensors (fake) get no prepared function and take the op."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from nybble.autograd._functions import _dequantizer_4bit, dequantize_4bit
+
+    _, packed, qs = _quantized(40, 192, "fp4", nested, torch.float32, device=device)
+    weight = bnb.nn.Params4bit(packed, requires_grad=False, quant_state=qs, bnb_quantized=True)
+    for B in (packed, weight):
+        prepared = _dequantizer_4bit(B, qs)
+        for dtype in DTYPES:
+            assert torch.equal(prepared(dtype), dequantize_4bit(packed, qs, dtype))
+    with FakeTensorMode() as mode:
+        assert _dequantizer_4bit(mode.from_tensor(packed), qs) is None
+
+
 @pytest.mark.parametrize("mode", ["checkpoint", "checkpoint-reentrant", "compile"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_linear4bit_lora_step_under_checkpointing_and_compile(device, mode, dtype):

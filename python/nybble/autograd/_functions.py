@@ -318,6 +318,14 @@ def dequantize_4bit(B: torch.Tensor, quant_state: QuantState, dtype: torch.dtype
     )
 
 
+def _dequantizer_4bit(B: torch.Tensor, quant_state: QuantState):
+    """``dequantize_4bit(B, quant_state, dtype)`` prepared now as a function of dtype, or None where
+    it cannot run eagerly (``_ops.dequantizer_4bit``)."""
+    absmax, absmax_8bit, code, offset = _nested_args(quant_state)
+    return _ops.dequantizer_4bit(_ops.plain(B), absmax, quant_state.blocksize, quant_state.quant_type,
+                                 list(quant_state.shape), absmax_8bit, code, offset)
+
+
 class MatMul4Bit(torch.autograd.Function):
     """``A @ dequant(B).T + bias`` with a frozen 4-bit weight: gradients for A and bias only."""
 
@@ -332,6 +340,8 @@ class MatMul4Bit(torch.autograd.Function):
         ctx.state = quant_state
         ctx.dtype_bias = None if bias is None else bias.dtype
         ctx.B = B if ctx.needs_input_grad[0] else None
+        # The backward's dequantize, checked and converted here on the caller's thread.
+        ctx.dequantize = _dequantizer_4bit(B, quant_state) if ctx.needs_input_grad[0] else None
         return _copy_out(out, output)
 
     @staticmethod
@@ -345,7 +355,11 @@ class MatMul4Bit(torch.autograd.Function):
         if req_gradBias:
             grad_bias = _bias_grad(grad_output, ctx.dtype_bias)
         if req_gradA:
-            grad_A = torch.matmul(grad_output, dequantize_4bit(ctx.B, ctx.state, grad_output.dtype))
+            if ctx.dequantize is not None and _ops.eager(grad_output):
+                W = ctx.dequantize(grad_output.dtype)
+            else:  # traced (compiled autograd) or a subclass: the op
+                W = dequantize_4bit(ctx.B, ctx.state, grad_output.dtype)
+            grad_A = torch.matmul(grad_output, W)
         return grad_A, None, None, grad_bias, None
 
 
