@@ -317,25 +317,32 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
     return torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype, device=A.device)
 
 
-# Rows of A up to which the GPU runs gemm_4bit in C++ (_C.gemm_4bit, the weight read once and decoded
-# in registers; C++ picks the kernel, cuda/gemm4.cu's Note [gemm_4bit paths]): any activations up to
-# GPU_STREAMING_MAX_ROWS, bf16/fp16 up to GPU_FUSED_MAX_ROWS. Above, the weight is dequantized into
-# a scratch tensor and multiplied by cuBLASLt (F.linear). Measured on the H200
-# (cpp/bench/cuda_bench.cpp's sweep, docs/benchmarks/h200-sweep.md; the six weight shapes, NF4 bs 64
-# nested, bf16): at M = 16 the weight-streaming kernel (cuda/gemm4_skinny.cu) takes 13-105 us where
-# dequantize + cuBLASLt took 23-280 us; at M = 32 and 64 the tiled tensor-core kernel
-# (cuda/gemm4_mma.cu) is 1.5-5x slower than dequantize + cuBLASLt (the weight is decoded again for
-# every 16-64 rows of A, and mma.sync runs at a fraction of wgmma's rate).
+# Rows of A up to which gemm_4bit runs in C++ (_C.gemm_4bit: the weight read once and decoded in
+# registers); above, the weight is dequantized into a scratch tensor in A's dtype and multiplied by
+# torch (F.linear: cuBLASLt on the GPU, oneDNN/MKL on the CPU).
+# GPU: any activations up to GPU_STREAMING_MAX_ROWS, bf16/fp16 up to GPU_FUSED_MAX_ROWS; C++ picks
+# the kernel (cuda/gemm4.cu's Note [gemm_4bit paths]). Measured on the H200 (cpp/bench/cuda_bench.cpp's
+# sweep, docs/benchmarks/h200-sweep.md; the six weight shapes, NF4 bs 64 nested, bf16): at M = 16 the
+# weight-streaming kernel (cuda/gemm4_skinny.cu) takes 13-105 us where dequantize + cuBLASLt took
+# 23-280 us; at M = 32 and 64 the tiled tensor-core kernel (cuda/gemm4_mma.cu) is 1.5-5x slower than
+# dequantize + cuBLASLt (the weight is decoded again for every 16-64 rows of A, and mma.sync runs at
+# a fraction of wgmma's rate).
+# CPU: per dtype, CPU_FUSED_MAX_ROWS (bench/run_cpu_gemm4_sweep.py, docs/benchmarks/cpu-gemm4-sweep.md;
+# the 1.1 B Llama's projection shapes on the 2-core AVX2 machine, two runs): with bf16/fp16
+# activations the kernel is 1.3-5x faster up to 8 rows, within 20 % either way at 16-24, and torch's
+# matmul 1.2-1.9x faster from 32 rows and 4.5-6.6x at 512 (bf16); with fp32 ones the kernel wins to
+# 32 rows on every shape, at 48-128 by shape (a 4-byte scratch weight of 5632 x 2048 costs ~25 ms
+# to fill), and loses 1.5-2.1x at 512.
 GPU_STREAMING_MAX_ROWS = 8  # the C++ side's kMaxRows (cuda/gemm4.cu)
 GPU_FUSED_MAX_ROWS = 16
+CPU_FUSED_MAX_ROWS = {torch.bfloat16: 16, torch.float16: 16, torch.float32: 64}
 
 
 def _gemm_4bit_in_cpp(A, K) -> bool:
-    """Whether gemm_4bit runs in C++ (else dequantize + F.linear): always on the CPU; on the GPU by
-    the measured rule above."""
-    if not A.is_cuda:
-        return True
+    """Whether gemm_4bit runs in C++ (else dequantize + F.linear), by the measured rule above."""
     rows = A.numel() // max(K, 1)
+    if not A.is_cuda:
+        return rows <= CPU_FUSED_MAX_ROWS[A.dtype]
     if rows <= GPU_STREAMING_MAX_ROWS:
         return True
     return A.dtype in (torch.bfloat16, torch.float16) and rows <= GPU_FUSED_MAX_ROWS
