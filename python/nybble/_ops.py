@@ -133,10 +133,11 @@ def call(name: str, A: torch.Tensor, *args, **kwargs):
 def plain(t):
     """t as a plain tensor (same storage, same autograd graph) where t is a parameter: an
     ``nn.Parameter``, ``Params4bit`` or ``Int8Params``. Every method call and attribute read on a
-    parameter subclass goes through its ``__torch_function__`` (~1-5 us each, on the H200's host
-    ~0.1 ms over one 4-bit layer's forward and backward), and an op called with one takes the
-    dispatcher's round trip (``op``). Tensor subclasses that wrap other tensors (DTensor, fake or
-    functional tensors; ``__tensor_flatten__``) and anything under torch.compile stay as they are."""
+    parameter subclass goes through its ``__torch_function__`` (~1-5 us each; on the H200's host
+    ~0.3 ms over one 4-bit layer's forward and backward, bench/run_host_overhead.py), and an op
+    called with one takes the dispatcher's round trip (``op``). Tensor subclasses that wrap other
+    tensors (DTensor, fake or functional tensors; ``__tensor_flatten__``) and anything under
+    torch.compile stay as they are."""
     if type(t) is torch.Tensor or not isinstance(t, torch.nn.Parameter) or hasattr(t, "__tensor_flatten__") \
             or torch.compiler.is_compiling():
         return t
@@ -277,8 +278,8 @@ def _(A, absmax, blocksize, quant_type, shape, dtype, absmax_8bit=None, absmax_c
 def dequantizer_4bit(A, absmax, blocksize, quant_type, shape, absmax_8bit=None, absmax_code=None, absmax_offset=None):
     """``dequantize_4bit``'s checks and argument conversions done now, for calls to come: a function
     of the dtype that returns the dequantized weight, or None where A is not ``eager``. For
-    MatMul4Bit, whose backward runs on the autograd engine's device thread, where every Python
-    operation costs more than on the main thread (~2.7x measured on the H200's host)."""
+    MatMul4Bit, whose backward runs on the autograd engine's device thread, where Python costs more
+    than on the main thread (2.7x for this dequantize, in one probe on the H200's host)."""
     if not eager(A):
         return None
     _check_4bit(blocksize, quant_type)
