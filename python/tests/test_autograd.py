@@ -239,6 +239,28 @@ def test_matmul_4bit_backward(device, dtype, quant_type, nested):
     torch.testing.assert_close(bias1.grad, bias2.grad)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matmul_4bit_cpu_rule_both_sides_of_the_threshold(dtype):
+    """On the CPU gemm_4bit runs nybble's kernel up to CPU_FUSED_MAX_ROWS rows and dequantize +
+    F.linear above (the measured rule): both paths, at the threshold and one row past it, with a
+    bias and 3-D input, agree with fp32 dequantize + linear and with each other row for row."""
+    from nybble import _ops
+
+    rows = _ops.CPU_FUSED_MAX_ROWS[dtype]
+    W, packed, qs = _quantized(72, 320, "nf4", True, dtype, device="cpu")
+    A = torch.randn(1, rows + 1, 320, dtype=dtype)
+    bias = torch.randn(72, dtype=dtype)
+    assert _ops._gemm_4bit_in_cpp(A[:, :rows], 320) and not _ops._gemm_4bit_in_cpp(A, 320)
+    below = bnb.matmul_4bit(A[:, :rows], packed.t(), qs, bias=bias)
+    above = bnb.matmul_4bit(A, packed.t(), qs, bias=bias)
+    ref = torch.nn.functional.linear(A.float(), bnb.functional.dequantize_4bit(packed, qs).float(), bias.float())
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    assert below.dtype == above.dtype == dtype and above.shape == (1, rows + 1, 72)
+    torch.testing.assert_close(below.float(), ref[:, :rows], atol=tol, rtol=tol)
+    torch.testing.assert_close(above.float(), ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(above[:, :rows], below, atol=2 * tol, rtol=2 * tol)
+
+
 @pytest.mark.parametrize("nested", [False, True])
 def test_matmul_4bit_backward_prepared_dequantize(device, nested):
     """The backward's dequantize, prepared in the forward, decodes exactly as the op does; traced
