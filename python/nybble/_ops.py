@@ -349,6 +349,15 @@ def _gemm_4bit_in_cpp(A, K) -> bool:
     return A.dtype in (torch.bfloat16, torch.float16) and rows <= GPU_FUSED_MAX_ROWS
 
 
+def _gemm_4bit_kernel(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code, absmax_offset):
+    N, K = shapeB
+    out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=A.device)
+    q, nested, code, offset = _scales(absmax, absmax_8bit, absmax_code, absmax_offset)
+    _C.gemm_4bit(A.reshape(-1, K).contiguous(), _bytes(B), q, nested, code, offset, NESTED_BLOCKSIZE, blocksize,
+                 quant_type, None if bias is None else bias.contiguous(), out.view(-1, N), stream=_stream(A))
+    return out
+
+
 def _gemm_4bit_dequant_linear(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code, absmax_offset):
     W = torch.empty(shapeB, dtype=A.dtype, device=A.device)
     _dequantize_4bit_checked(B, absmax, blocksize, quant_type, W, absmax_8bit, absmax_code, absmax_offset)
@@ -362,14 +371,8 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
     N, K = shapeB
     if bias is not None and bias.dtype != A.dtype:
         bias = bias.to(A.dtype)
-    if not _gemm_4bit_in_cpp(A, K):
-        return _gemm_4bit_dequant_linear(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code,
-                                         absmax_offset)
-    out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=A.device)
-    q, nested, code, offset = _scales(absmax, absmax_8bit, absmax_code, absmax_offset)
-    _C.gemm_4bit(A.reshape(-1, K).contiguous(), _bytes(B), q, nested, code, offset, NESTED_BLOCKSIZE, blocksize,
-                 quant_type, None if bias is None else bias.contiguous(), out.view(-1, N), stream=_stream(A))
-    return out
+    path = _gemm_4bit_kernel if _gemm_4bit_in_cpp(A, K) else _gemm_4bit_dequant_linear
+    return path(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code, absmax_offset)
 
 
 def _code_quant_type(code: torch.Tensor) -> str:
