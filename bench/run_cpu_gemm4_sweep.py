@@ -69,7 +69,7 @@ def main() -> int:
                 A = torch.randn(m, k, dtype=dtype)
                 fused = mean_time(lambda: kernel(A, packed, qs))
                 deq = mean_time(lambda: torch.nn.functional.linear(A, AF.dequantize_4bit(packed, qs, dtype)))
-                rule = "fused" if _ops._gemm_4bit_in_cpp(A, k) else "dequantize + F.linear"
+                rule = "fused" if _ops._gemm_4bit_in_cpp(A, n, k, qs.blocksize) else "dequantize + F.linear"
                 rows.append({"N": n, "K": k, "dtype": str(dtype).replace("torch.", ""), "M": m, "fused_s": fused,
                              "dequant_linear_s": deq, "rule": rule})
                 log(f"{n}x{k} {dtype} M={m}: fused {fused} dequant+linear {deq}")

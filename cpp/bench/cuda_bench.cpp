@@ -187,7 +187,7 @@ int main() {
       const int64_t N = s[0], K = s[1], w = N * K, wnb = w / 64, wnnb = (wnb + 255) / 256;
       const int64_t copies = std::max<int64_t>(1, (int64_t{512} << 20) / (w / 2));
       Buf packed(static_cast<size_t>(w / 2 * copies)), q(static_cast<size_t>(wnb)), nabs(static_cast<size_t>(wnnb) * 4), code(1024),
-          A(static_cast<size_t>(64 * K) * 2), out(static_cast<size_t>(64 * N) * 2), bias(static_cast<size_t>(N) * 2);
+          A(static_cast<size_t>(256 * K) * 2), out(static_cast<size_t>(256 * N) * 2), bias(static_cast<size_t>(N) * 2);
       fill(packed, DType::U8, 4);
       fill(q, DType::U8, 5);
       fill(nabs, DType::F32, 6);
@@ -203,16 +203,24 @@ int main() {
         return v;
       };
       const TensorView Bv = bias.view(DType::BF16, {N});
-      for (int64_t M : {1, 2, 4, 8, 16, 32, 64}) {
+      for (int64_t M : {1, 2, 4, 8, 16, 32, 64, 128, 256}) {
         const TensorView Av = A.view(DType::BF16, {M, K}), Ov = out.view(DType::BF16, {M, N});
         const std::string shape = " M=" + std::to_string(M) + " " + std::to_string(N) + "x" + std::to_string(K);
         const double bytes = w / 2.0 + wnb + 4.0 * wnnb + 2.0 * M * K + 2.0 * M * N;
         bench_batch("gemm_4bit nf4 bs64 nested bf16" + shape, [&] { gemm_4bit(Av, weight(), sc, 64, QuantType::NF4, Bv, Ov); }, bytes);
         if (cuda::gemm4_skinny_applies(Av, weight(), sc, 64, N))
           bench_batch("skinny" + shape, [&] { cuda::gemm_4bit_skinny(Av, weight(), sc, 64, QuantType::NF4, Bv, Ov); }, bytes);
-        for (int wk : {1, 2, 4})
-          bench_batch("mma wk=" + std::to_string(wk) + shape,
-                      [&] { cuda::gemm_4bit_mma(Av, weight(), sc, 64, QuantType::NF4, Bv, Ov, wk); }, bytes);
+        if (cuda::gemm4_tile_applies(Av, weight(), sc, 64, N)) {
+          bench_batch("tile" + shape, [&] { cuda::gemm_4bit_tile(Av, weight(), sc, 64, QuantType::NF4, Bv, Ov); }, bytes);
+          if (M == 16 || M == 64 || M == 256)
+            for (int split : {1, 2, 4, 8})
+              bench_batch("tile split=" + std::to_string(split) + shape,
+                          [&] { cuda::gemm_4bit_tile(Av, weight(), sc, 64, QuantType::NF4, Bv, Ov, 0, split); }, bytes);
+        }
+        if (M <= 64)
+          for (int wk : {1, 2, 4})
+            bench_batch("mma wk=" + std::to_string(wk) + shape,
+                        [&] { cuda::gemm_4bit_mma(Av, weight(), sc, 64, QuantType::NF4, Bv, Ov, wk); }, bytes);
       }
     }
     for (int64_t M : {1, 16, 256, 4096}) {

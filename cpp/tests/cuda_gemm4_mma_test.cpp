@@ -1,11 +1,12 @@
-// cuda_gemm4_mma_test.cpp — gemm_4bit's tensor-core paths (bf16/fp16 activations): the tiled kernel
-// (cuda/gemm4_mma.cu, M > 16 or unusual shapes) and the weight-streaming kernel for few rows
-// (cuda/gemm4_skinny.cu, M <= 16), against the CPU oracle's dequantize_4bit (NYBBLE_CPU_ISA=ref)
+// cuda_gemm4_mma_test.cpp — gemm_4bit's tensor-core paths (bf16/fp16 activations): the register-
+// decoding kernel (cuda/gemm4_mma.cu, unusual shapes), the shared-memory tiled kernel
+// (cuda/gemm4_tile.cu, M > 16) and the weight-streaming kernel for few rows (cuda/gemm4_skinny.cu,
+// M <= 16), against the CPU oracle's dequantize_4bit (NYBBLE_CPU_ISA=ref)
 // and an exact (double) sum, on fresh random inputs: M from 1 to 1000, odd and even N, K not a
 // multiple of the blocksize or of 64 (and odd K, whose odd rows start mid-byte), NF4/FP4, plain and
 // nested absmax, several blocksizes, bias or not, A and the packed buffer off 16-byte alignment
-// (the general path), every tile (forced through cuda::gemm_4bit_mma) and the skinny kernel forced
-// (cuda::gemm_4bit_skinny), and an infinite absmax next to a row boundary (a row's K tail must not
+// (the general path), every tile (forced through cuda::gemm_4bit_mma and cuda::gemm_4bit_tile) and
+// the skinny kernel forced (cuda::gemm_4bit_skinny), and an infinite absmax next to a row boundary (a row's K tail must not
 // pick up its neighbour's weights). The output is poisoned (0xFF: NaN in bf16/fp16) before each
 // run. Every test skips when no GPU is visible.
 //
@@ -58,6 +59,8 @@ struct Case {
   bool inf_block = false;  // one block, at the start of a row, gets an infinite absmax (plain only)
   int tile_wk = -1;        // -1: the public gemm_4bit; 0, 1, 2, 4: cuda::gemm_4bit_mma with that tile
   bool skinny = false;     // cuda::gemm_4bit_skinny (tile_wk ignored)
+  int tile_bm = 0;         // > 0: cuda::gemm_4bit_tile with this tile height and tile_split
+  int tile_split = 0;
 };
 
 std::string describe(const Case& c) {
@@ -66,7 +69,8 @@ std::string describe(const Case& c) {
          (c.nested ? " nested" : "") + (c.bias ? " bias" : "") + " a_shift " + std::to_string(c.a_shift) +
          " p_shift " + std::to_string(c.p_shift) + (c.inf_block ? " inf_block" : "") +
          (c.tile_wk >= 0 ? " tile_wk " + std::to_string(c.tile_wk) : "") +
-         (c.skinny ? " skinny" : "");
+         (c.skinny ? " skinny" : "") +
+         (c.tile_bm > 0 ? " tile_bm " + std::to_string(c.tile_bm) + " split " + std::to_string(c.tile_split) : "");
 }
 
 class CudaGemm4Mma : public test::CudaStreamTest {
@@ -157,8 +161,12 @@ void CudaGemm4Mma::run(const Case& c) {
   const std::optional<TensorView> gbias = c.bias ? std::optional<TensorView>(gpu(d_bias, 0, c.dt, {c.N})) : std::nullopt;
   // The tiled kernel's weights are dequantize_4bit's (ref_T); the public call also reaches the
   // skinny kernel and, below 9 rows, the fp32 streaming kernel (gemm4.cu's Note [gemm_4bit paths]).
-  const bool tiled = !c.skinny && (c.tile_wk >= 0 || (c.M > 8 && !cuda::gemm4_skinny_applies(gA, gp, dev_scales, c.bs, c.N)));
-  if (c.skinny) {
+  const bool tiled = c.tile_bm > 0 ||
+                     (!c.skinny && (c.tile_wk >= 0 || (c.M > 8 && !cuda::gemm4_skinny_applies(gA, gp, dev_scales, c.bs, c.N))));
+  if (c.tile_bm > 0) {
+    ASSERT_TRUE(cuda::gemm4_tile_applies(gA, gp, dev_scales, c.bs, c.N));
+    cuda::gemm_4bit_tile(gA, gp, dev_scales, c.bs, c.qt, gbias, gout, c.tile_bm, c.tile_split);
+  } else if (c.skinny) {
     ASSERT_TRUE(cuda::gemm4_skinny_applies(gA, gp, dev_scales, c.bs, c.N));
     cuda::gemm_4bit_skinny(gA, gp, dev_scales, c.bs, c.qt, gbias, gout);
   } else if (c.tile_wk < 0) {
@@ -299,6 +307,40 @@ TEST_F(CudaGemm4Mma, SkinnyEveryRowCount) {
       c.skinny = true;
       c.inf_block = !c.nested && v % 5 == 1;
       run(c);
+      if (HasFatalFailure()) return;
+    }
+}
+
+// The tiled kernel (K % 64 == 0, blocksize >= 64) with every tile height and split forced: M below,
+// at and past a tile, N below, at and past the 128 weight rows of a CTA, K of one step up to an odd
+// number of steps that the split does not divide (and splits past half the steps, which the
+// launcher clamps). Then the public gemm_4bit above 16 rows, the split its own pick.
+TEST_F(CudaGemm4Mma, TileEveryHeightAndSplit) {
+  SCOPED_TRACE(test::seed_note());
+  const int64_t Ms[] = {1, 16, 17, 31, 64, 65, 127, 129, 200};
+  const int64_t Ns[] = {1, 127, 128, 129, 300, 1000};
+  const int64_t Ks[] = {64, 192, 576, 1088, 2112};
+  const int64_t bss[] = {64, 128, 256, 4096};
+  int v = 0;
+  for (int bm : {16, 32, 64, 128})
+    for (int split : {1, 2, 3, 8})
+      for (int rep = 0; rep < 2; ++rep) {
+        ++v;
+        const int64_t M = Ms[(v * 5 + rep) % 9], K = Ks[v % 5];
+        int64_t N = Ns[(v * 7 + rep) % 6];
+        while (M * N * K > 30'000'000) N /= 2;
+        Case c{v % 2 ? DType::BF16 : DType::F16, (v / 3) % 2 ? QuantType::FP4 : QuantType::NF4, M, N, K,
+               bss[(v / 2) % 4], v % 3 == 0, v % 4 < 2};
+        c.inf_block = !c.nested && v % 5 == 1;
+        c.tile_bm = bm;
+        c.tile_split = split;
+        run(c);
+        if (HasFatalFailure()) return;
+      }
+  for (DType dt : {DType::BF16, DType::F16})
+    for (int64_t M : {17, 100, 300}) {
+      run(Case{dt, QuantType::NF4, M, 1000, 4096, 64, true, true});
+      run(Case{dt, QuantType::FP4, M, 77, 8192, 128, false, false});
       if (HasFatalFailure()) return;
     }
 }

@@ -318,16 +318,19 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
     return torch.empty((*A.shape[:-1], shapeB[0]), dtype=A.dtype, device=A.device)
 
 
-# Rows of A up to which gemm_4bit runs in C++ (_C.gemm_4bit: the weight read once and decoded in
-# registers); above, the weight is dequantized into a scratch tensor in A's dtype and multiplied by
+# Rows of A up to which gemm_4bit runs in C++ (_C.gemm_4bit: the weight read once and decoded on
+# the fly); above, the weight is dequantized into a scratch tensor in A's dtype and multiplied by
 # torch (F.linear: cuBLASLt on the GPU, oneDNN/MKL on the CPU).
-# GPU: any activations up to GPU_STREAMING_MAX_ROWS, bf16/fp16 up to GPU_FUSED_MAX_ROWS; C++ picks
-# the kernel (cuda/gemm4.cu's Note [gemm_4bit paths]). Measured on the H200 (cpp/bench/cuda_bench.cpp's
-# sweep, docs/benchmarks/h200-sweep.md; the six weight shapes, NF4 bs 64 nested, bf16): at M = 16 the
-# weight-streaming kernel (cuda/gemm4_skinny.cu) takes 13-105 us where dequantize + cuBLASLt took
-# 23-280 us; at M = 32 and 64 the tiled tensor-core kernel (cuda/gemm4_mma.cu) is 1.5-5x slower than
-# dequantize + cuBLASLt (the weight is decoded again for every 16-64 rows of A, and mma.sync runs at
-# a fraction of wgmma's rate).
+# GPU: any activations up to GPU_STREAMING_MAX_ROWS, bf16/fp16 up to GPU_FUSED_MAX_ROWS, and on the
+# tiled kernel's shapes (K % 64 == 0, blocksize >= 64: cuda/gemm4_tile.cu) up to GPU_TILE_MAX_ROWS;
+# C++ picks the kernel (cuda/gemm4.cu's Note [gemm_4bit paths]). Measured on the H200: up to 16 rows
+# (cpp/bench/cuda_bench.cpp's sweep, docs/benchmarks/h200-sweep.md; the six weight shapes, NF4 bs 64
+# nested, bf16) the weight-streaming kernel (cuda/gemm4_skinny.cu) takes 13-105 us where dequantize +
+# cuBLASLt took 23-280 us; above, the register-decoding kernel (cuda/gemm4_mma.cu) is 1.5-5x slower
+# than dequantize + cuBLASLt at 32 and 64 rows (it decodes the weight again for every 16-64 rows of
+# A); the tiled kernel (bench/run_cuda_gemm4_sweep.py, docs/benchmarks/h200-gemm4-sweep.md) beats
+# dequantize + cuBLASLt up to 32 rows on weights of 2^25 elements and more (1.1-1.5x at 24-32 rows)
+# and up to 64 on 28672 x 8192 (1.2x; 8192 x 28672: within 2 %), and loses on 4096 x 4096 past 16.
 # CPU: per dtype, CPU_FUSED_MAX_ROWS (bench/run_cpu_gemm4_sweep.py, docs/benchmarks/cpu-gemm4-sweep.md;
 # the 1.1 B Llama's projection shapes on the 2-core AVX2 machine, two runs): with bf16/fp16
 # activations the kernel is 1.3-5x faster up to 8 rows, within 20 % either way at 16-24, and torch's
@@ -336,17 +339,29 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
 # to fill), and loses 1.5-2.1x at 512.
 GPU_STREAMING_MAX_ROWS = 8  # the C++ side's kMaxRows (cuda/gemm4.cu)
 GPU_FUSED_MAX_ROWS = 16
+GPU_TILE_MAX_ROWS = ((2**27, 64), (2**25, 32))  # (weight elements at least, rows up to)
 CPU_FUSED_MAX_ROWS = {torch.bfloat16: 16, torch.float16: 16, torch.float32: 64}
 
 
-def _gemm_4bit_in_cpp(A, K) -> bool:
+def _gemm_4bit_in_cpp(A, N, K, blocksize) -> bool:
     """Whether gemm_4bit runs in C++ (else dequantize + F.linear), by the measured rule above."""
     rows = A.numel() // max(K, 1)
     if not A.is_cuda:
         return rows <= CPU_FUSED_MAX_ROWS[A.dtype]
     if rows <= GPU_STREAMING_MAX_ROWS:
         return True
-    return A.dtype in (torch.bfloat16, torch.float16) and rows <= GPU_FUSED_MAX_ROWS
+    if A.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if rows <= GPU_FUSED_MAX_ROWS:
+        return True
+    if K % 64 or blocksize < 64:  # not cuda/gemm4_tile.cu's shapes (gemm4_tile_applies, alignment aside)
+        return False
+    return rows <= _gpu_tile_max_rows(N * K)
+
+
+def _gpu_tile_max_rows(weight_elements: int) -> int:
+    """Rows of A up to which the tiled kernel beats dequantize + cuBLASLt on a weight this large."""
+    return next((rows for size, rows in GPU_TILE_MAX_ROWS if weight_elements >= size), GPU_FUSED_MAX_ROWS)
 
 
 def _gemm_4bit_kernel(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code, absmax_offset):
@@ -371,7 +386,7 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
     N, K = shapeB
     if bias is not None and bias.dtype != A.dtype:
         bias = bias.to(A.dtype)
-    path = _gemm_4bit_kernel if _gemm_4bit_in_cpp(A, K) else _gemm_4bit_dequant_linear
+    path = _gemm_4bit_kernel if _gemm_4bit_in_cpp(A, N, K, blocksize) else _gemm_4bit_dequant_linear
     return path(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code, absmax_offset)
 
 

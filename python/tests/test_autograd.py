@@ -240,22 +240,28 @@ def test_matmul_4bit_backward(device, dtype, quant_type, nested):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_matmul_4bit_cpu_rule_both_sides_of_the_threshold(dtype):
-    """On the CPU gemm_4bit runs nybble's kernel up to CPU_FUSED_MAX_ROWS rows and dequantize +
-    F.linear above (the measured rule): both paths, at the threshold and one row past it, with a
-    bias and 3-D input, agree with fp32 dequantize + linear and with each other row for row."""
+def test_matmul_4bit_rule_both_sides_of_the_threshold(device, dtype):
+    """gemm_4bit runs nybble's kernels up to a measured number of rows and dequantize + F.linear
+    above (CPU_FUSED_MAX_ROWS per dtype on the CPU; on the GPU GPU_TILE_MAX_ROWS for bf16/fp16 on
+    the tiled kernel's shapes by the weight's size, GPU_STREAMING_MAX_ROWS for fp32): both paths, at the threshold and one
+    row past it, with a bias and 3-D input, agree with fp32 dequantize + linear and with each other
+    row for row."""
     from nybble import _ops
 
-    rows = _ops.CPU_FUSED_MAX_ROWS[dtype]
-    W, packed, qs = _quantized(72, 320, "nf4", True, dtype, device="cpu")
-    A = torch.randn(1, rows + 1, 320, dtype=dtype)
-    bias = torch.randn(72, dtype=dtype)
-    assert _ops._gemm_4bit_in_cpp(A[:, :rows], 320) and not _ops._gemm_4bit_in_cpp(A, 320)
+    n, k = (8192, 4096) if device == "cuda" else (200, 320)  # on the GPU a weight the tiled kernel takes
+    if device == "cpu":
+        rows = _ops.CPU_FUSED_MAX_ROWS[dtype]
+    else:
+        rows = _ops.GPU_STREAMING_MAX_ROWS if dtype == torch.float32 else _ops._gpu_tile_max_rows(n * k)
+    W, packed, qs = _quantized(n, k, "nf4", True, dtype, device=device)
+    A = torch.randn(1, rows + 1, k, dtype=dtype).to(device)
+    bias = torch.randn(n, dtype=dtype).to(device)
+    assert _ops._gemm_4bit_in_cpp(A[:, :rows], n, k, 64) and not _ops._gemm_4bit_in_cpp(A, n, k, 64)
     below = bnb.matmul_4bit(A[:, :rows], packed.t(), qs, bias=bias)
     above = bnb.matmul_4bit(A, packed.t(), qs, bias=bias)
     ref = torch.nn.functional.linear(A.float(), bnb.functional.dequantize_4bit(packed, qs).float(), bias.float())
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
-    assert below.dtype == above.dtype == dtype and above.shape == (1, rows + 1, 72)
+    assert below.dtype == above.dtype == dtype and above.shape == (1, rows + 1, n)
     torch.testing.assert_close(below.float(), ref[:, :rows], atol=tol, rtol=tol)
     torch.testing.assert_close(above.float(), ref, atol=tol, rtol=tol)
     torch.testing.assert_close(above[:, :rows], below, atol=2 * tol, rtol=2 * tol)

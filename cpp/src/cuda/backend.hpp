@@ -43,6 +43,14 @@ bool gemm4_skinny_applies(const TensorView& A, const TensorView& packed, const B
                           int64_t N);
 void gemm_4bit_skinny(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
                       QuantType qt, const std::optional<TensorView>& bias, const TensorView& out);
+// gemm_4bit's kernel for tens to hundreds of rows of A (gemm4_tile.cu): each weight decoded once
+// per CTA into shared memory, K split over a cluster. Applies under gemm4_skinny_applies' shape
+// conditions, any M. bm (16, 32, 64, 128) and split (1..8) force the tile and the split (for tests
+// and sweeps); 0 picks them.
+bool gemm4_tile_applies(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
+                        int64_t N);
+void gemm_4bit_tile(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
+                    QuantType qt, const std::optional<TensorView>& bias, const TensorView& out, int bm = 0, int split = 0);
 // The mean into a device tensor, or back to the host (this one synchronizes absmax's stream).
 void absmax_mean(const TensorView& absmax, const TensorView& out);
 float absmax_mean_to_host(const TensorView& absmax);

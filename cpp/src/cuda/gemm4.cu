@@ -244,16 +244,18 @@ void gemm_4bit(const TensorView& A, const TensorView& packed, const BlockScales&
                QuantType qt, const std::optional<TensorView>& bias, const TensorView& out) {
   const int64_t M = A.shape[0], K = A.shape[1], N = out.shape[1];
   if (M == 0 || N == 0) return;
-  // Note [gemm_4bit paths]: bf16/fp16 activations, M <= 16 and the usual shapes (K % 64 == 0,
-  // blocksize >= 64, aligned buffers: gemm4_skinny_applies) take the weight-streaming tensor-core
-  // kernel (gemm4_skinny.cu: each weight's code rounded to T, times its scale in fp32). Else, up to
-  // kMaxRows (8) rows of A, the streaming kernel of this file (exact fp32 weights). Above, with
-  // bf16/fp16 activations, the tiled tensor-core kernel (gemm4_mma.cu: the weights rounded to T as
-  // dequantize_4bit rounds them, as dequantize + a bf16 GEMM would), for any M; the Python layer
-  // sends M above GPU_FUSED_MAX_ROWS (_ops.py) to dequantize + cuBLASLt instead. fp32
-  // activations, and a packed buffer that is not 4-byte aligned (the tensor-core kernels' loads),
-  // stay on the streaming kernel for every M.
+  // Note [gemm_4bit paths]: bf16/fp16 activations on the usual shapes (K % 64 == 0, blocksize >= 64,
+  // aligned buffers: gemm4_skinny_applies, gemm4_tile_applies) take, up to 16 rows, the
+  // weight-streaming tensor-core kernel (gemm4_skinny.cu: each weight's code rounded to T, times its
+  // scale in fp32), and above, the tiled kernel that decodes each weight once per CTA into shared
+  // memory (gemm4_tile.cu: the weights rounded to T as dequantize_4bit rounds them). Other shapes:
+  // up to kMaxRows (8) rows of A, the streaming kernel of this file (exact fp32 weights); above, with
+  // bf16/fp16 activations, the register-decoding tensor-core kernel (gemm4_mma.cu). The Python layer
+  // sends M above GPU_FUSED_MAX_ROWS (_ops.py) to dequantize + cuBLASLt instead. fp32 activations,
+  // and a packed buffer that is not 4-byte aligned (the tensor-core kernels' loads), stay on the
+  // streaming kernel for every M.
   if (gemm4_skinny_applies(A, packed, scales, blocksize, N)) return gemm_4bit_skinny(A, packed, scales, blocksize, qt, bias, out);
+  if (gemm4_tile_applies(A, packed, scales, blocksize, N)) return gemm_4bit_tile(A, packed, scales, blocksize, qt, bias, out);
   if (M > kMaxRows && (A.dtype == DType::BF16 || A.dtype == DType::F16) && aligned(packed.data, 4))
     return gemm_4bit_mma(A, packed, scales, blocksize, qt, bias, out);
   const Call call("gemm_4bit", A);

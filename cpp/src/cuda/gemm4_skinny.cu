@@ -311,11 +311,7 @@ void launch(const Call& call, const Gemm4MmaParams<T>& p) {
 
 bool gemm4_skinny_applies(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
                           int64_t N) {
-  const int64_t M = A.shape[0], K = A.shape[1];
-  const bool scales_aligned = aligned(scales.absmax.data, 4) &&
-                              (!scales.nested || aligned(scales.nested->nested_absmax.data, 4));
-  return (A.dtype == DType::BF16 || A.dtype == DType::F16) && M >= 1 && M <= kMaxRows && N >= 1 && K > 0 &&
-         K % kSub == 0 && blocksize >= kSub && aligned(packed.data, 16) && aligned(A.data, 16) && scales_aligned;
+  return A.shape[0] <= kMaxRows && gemm4_tile_applies(A, packed, scales, blocksize, N);  // the same shapes
 }
 
 void gemm_4bit_skinny(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,

@@ -1,5 +1,5 @@
-// cuda/mma.cuh — the PTX pieces both mma.sync 4-bit matmul kernels use (gemm4_mma.cu,
-// gemm4_skinny.cu): asynchronous global-to-shared copies (cp.async), the m16n8k16 product and the
+// cuda/mma.cuh — the PTX pieces the mma.sync 4-bit matmul kernels use (gemm4_mma.cu,
+// gemm4_skinny.cu, gemm4_tile.cu): asynchronous global-to-shared copies (cp.async), the m16n8k16 product and the
 // packing of two values into one bf16x2 / fp16x2 operand register. sm_80+.
 #pragma once
 
@@ -33,6 +33,15 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 // Waits until at most kPending of this thread's committed groups are in flight.
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory"); }
+
+// Four 8 x 8 matrices of 16-bit elements from shared memory: lane l gives the address of row l % 8
+// of matrix l / 8 (16 contiguous bytes, 16-byte aligned); r[j] is this lane's part of matrix j
+// (row lane / 4, elements 2 (lane % 4) and 2 (lane % 4) + 1), the mma's fragment layout.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
 
 // d += a (16 x 16, row) * b (16 x 8, col), fp32 accumulators.
 template <DType T>

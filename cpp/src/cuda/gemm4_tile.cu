@@ -1,0 +1,304 @@
+// cuda/gemm4_tile.cu — out[M, N] = A[M, K] @ W^T (+ bias[N]) with W the 4-bit weight [N, K], for
+// bf16/fp16 activations and a few dozen to a few hundred rows of A: each weight decoded once per
+// CTA into a shared-memory tile that all of the CTA's rows of A multiply (mma.sync m16n8k16, fp32
+// accumulation, sm_80+), the K range split over the CTAs of a thread-block cluster (sm_90) whose
+// partial sums meet through distributed shared memory, so that few weight rows still fill the GPU
+// and nothing is written to global memory but the output.
+//
+// Each weight is decoded as dequantize_4bit decodes it, w = round_to_T(code[c] * scale(block)), the
+// product in fp32: the result is dequantize_4bit + a bf16/fp16 GEMM with fp32 accumulation, up to
+// summation order (cuda_gemm4_mma_test.cpp's ref_T tolerance).
+//
+// The tile. A CTA of 8 warps owns BN = 128 weight rows (output columns) x BM rows of A (16, 32, 64
+// or 128) and a range of K in steps of BK = 64. A step's operands are copied by cp.async into a
+// ring of kStages stages: the packed weight sub-rows [128][32 bytes] (the reference's layout as it
+// is) and the activations [BM][72 elements] (64 + 8 of padding: rows 144 bytes apart, so ldmatrix's
+// eight 16-byte row reads hit distinct banks). Then the CTA decodes the step's weights into one bf16
+// tile [128][72] (thread i: row i / 2, k 32 (i % 2) .. + 32: one 16-byte packed read, 32 code-table
+// reads from the 16-entry table in shared memory (16 words in 16 banks: no conflicts), 32 FMUL, 16
+// packing conversions, four 16-byte stores), and the warps multiply: warp (wm, wn) of WM x WN takes
+// rows [wm BM / WM, ..) of A and weight rows [wn 128 / WN, ..), MF m16 and NF n8 fragments, loaded
+// by ldmatrix (the weight tile is the col-major B operand as it lies: row n holds k contiguous).
+// The blocksize is at least 64 and K % 64 == 0, so a step's 64 k of a weight row lie in one block:
+// one scale per decoding thread and step, loaded two steps ahead into registers.
+//
+// The split (Note [Split over a cluster]): the S CTAs of a cluster (grid z) take consecutive K
+// ranges of the same output tile. Each writes its fp32 sums into its own shared memory (reusing the
+// stages), the cluster synchronizes, and CTA r adds the S partial tiles for its 1/S of the tile's
+// elements in rank order (deterministic), reading the others' shared memory; + bias in fp32,
+// rounded once to T. S is chosen so that the grid has about two CTAs a multiprocessor. Without
+// clusters (sm_80) S = 1.
+//
+// Edges: weight rows n >= N and A rows m >= M load nothing (zero-filled; the scale of a missing row
+// is 0, so its weights decode to 0) and are not stored.
+//
+// Conditions (gemm4_tile_applies): T bf16/fp16, M >= 1, K % 64 == 0, blocksize >= 64, packed and A
+// 16-byte aligned, fp32 scale buffers 4-byte aligned.
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+
+#include "cuda/backend.hpp"
+#include "cuda/codebook.hpp"
+#include "cuda/elem.cuh"
+#include "cuda/gemm4_operands.cuh"
+#include "cuda/launch.cuh"
+#include "cuda/mma.cuh"
+#include "cuda/scales.cuh"
+
+namespace nybble::cuda {
+namespace {
+
+constexpr int kThreads = 256;  // 8 warps
+constexpr int kBN = 128;       // weight rows of a CTA
+constexpr int kBK = 64;        // k of a step
+constexpr int kStages = 4;
+constexpr int kRow = kBK + 8;           // elements of a staged activation row or decoded weight row
+constexpr int kRowBytes = kRow * 2;     // 144: see the header
+constexpr int kPackedBytes = kBN * kBK / 2;  // a step's packed weights: 4 KiB
+constexpr int kRedRow = kBN + 4;        // floats of a row of the epilogue's sums
+constexpr int kMaxSplit = 8;            // portable cluster size
+
+// Warps as WM x WN over the BM x 128 tile; MF m16 fragments of A and NF n8 fragments of W a warp.
+template <int BM>
+struct Tile {
+  static constexpr int kWM = BM <= 16 ? 1 : BM <= 64 ? 2 : 4;
+  static constexpr int kWN = 8 / kWM;
+  static constexpr int kMF = BM / (16 * kWM);
+  static constexpr int kNF = kBN / (8 * kWN);
+  static_assert(kMF >= 1 && kNF % 2 == 0, "ldmatrix.x4 loads two n8 fragments");
+  // Shared memory: the stages (packed, then activations), the decoded tile, the nested code map.
+  static constexpr int kStageBytes = kPackedBytes + BM * kRowBytes;
+  static constexpr int kDecoded = kStages * kStageBytes;
+  static constexpr int kCode8 = kDecoded + kBN * kRowBytes;
+  static constexpr int kSmem = kCode8 + 256 * 4;
+  static_assert(BM * kRedRow * 4 <= kDecoded, "the epilogue's sums fit in the stages");
+};
+
+template <DType T, int BM>
+__global__ void __launch_bounds__(kThreads, 2) gemm4_tile_kernel(Gemm4MmaParams<T> p, int64_t steps_per_split) {
+  using Tl = Tile<BM>;
+  using S = storage_t<T>;
+  extern __shared__ __align__(16) uint8_t smem[];
+  __shared__ float lut[16];
+  uint8_t* decoded = smem + Tl::kDecoded;
+  float* code8 = reinterpret_cast<float*>(smem + Tl::kCode8);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int wm = warp / Tl::kWN, wn = warp % Tl::kWN;
+  const int64_t n0 = int64_t{blockIdx.x} * kBN, m0 = int64_t{blockIdx.y} * BM;
+  const int64_t steps = p.K / kBK;
+  const int64_t first = int64_t{blockIdx.z} * steps_per_split;
+  const int64_t last = first + steps_per_split < steps ? first + steps_per_split : steps;
+  const int64_t count = last > first ? last - first : 0;
+  const bool nested = p.scales.qabsmax != nullptr;
+
+  // This thread's share of a step's weights: row dr, packed bytes [16 dh, 16 dh + 16).
+  const int dr = tid / 2, dh = tid % 2;
+  const int64_t dn = n0 + dr;
+  const uint8_t* w_src = p.packed + dn * (p.K / 2) + 16 * dh;
+
+  const auto load_stage = [&](int64_t i) {  // step first + i into its stage; always commits a group
+    if (i < count) {
+      uint8_t* st = smem + (i % kStages) * Tl::kStageBytes;
+      const int64_t k0 = (first + i) * kBK;
+      cp_async<16>(st + 32 * dr + 16 * dh, dn < p.N ? w_src + k0 / 2 : p.packed, dn < p.N ? 16 : 0);
+      S* as = reinterpret_cast<S*>(st + kPackedBytes);
+      for (int c = tid; c < BM * 8; c += kThreads) {
+        const int r = c / 8, q = c % 8;
+        const bool ok = m0 + r < p.M;
+        cp_async<16>(as + r * kRow + 8 * q, ok ? p.A + (m0 + r) * p.K + k0 + 8 * q : p.A, ok ? 16 : 0);
+      }
+    }
+    cp_async_commit();
+  };
+  const auto load_raw = [&](int64_t i) {  // this thread's scale of step first + i
+    return i < count && dn < p.N ? load_scale(p.scales, (dn * p.K + (first + i) * kBK) >> p.log2_bs) : RawScale{};
+  };
+
+  for (int i = 0; i < kStages - 1; ++i) load_stage(i);
+  RawScale raw0 = load_raw(0), raw1 = load_raw(1);
+  if (tid < 16) lut[tid] = p.code[tid];
+  if (nested)
+    for (int i = tid; i < 256; i += kThreads) code8[i] = p.scales.nested_code[i];
+  const float off = nested ? p.scales.offset_value() : 0.0f;
+
+  float acc[Tl::kMF][Tl::kNF][4] = {};
+  // ldmatrix row addresses: A fragment rows (lane % 16), k half (lane / 16); W rows of a fragment
+  // pair (lane % 8 + 8 (lane / 16)), k half ((lane / 8) % 2).
+  const int a_row = wm * 16 * Tl::kMF + lane % 16, a_col = 8 * (lane / 16);
+  const int w_row = wn * 8 * Tl::kNF + lane % 8 + 8 * (lane / 16), w_col = 8 * ((lane / 8) % 2);
+
+  for (int64_t i = 0; i < count; ++i) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // step i has landed for every thread; step i - 1's readers are done
+    load_stage(i + kStages - 1);
+    const uint8_t* st = smem + (i % kStages) * Tl::kStageBytes;
+
+    // Decode: row dr, k [32 dh, 32 dh + 32): byte j holds k 2j (high nibble) and 2j + 1.
+    {
+      const float sc = dn < p.N ? scale(p.scales, raw0, off, code8) : 0.0f;
+      raw0 = raw1;
+      raw1 = load_raw(i + 2);
+      const uint4 w = *reinterpret_cast<const uint4*>(st + 32 * dr + 16 * dh);
+      const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+      uint32_t out[16];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const uint32_t hi4 = (words[q] >> 2) & 0x3C3C3C3Cu, lo4 = (words[q] << 2) & 0x3C3C3C3Cu;
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+          const float even = *reinterpret_cast<const float*>(reinterpret_cast<const char*>(lut) + __byte_perm(hi4, 0, 0x4440u + b));
+          const float odd = *reinterpret_cast<const float*>(reinterpret_cast<const char*>(lut) + __byte_perm(lo4, 0, 0x4440u + b));
+          out[4 * q + b] = pack2<T>(even * sc, odd * sc);
+        }
+      }
+      uint4* dst = reinterpret_cast<uint4*>(decoded + dr * kRowBytes + 64 * dh);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) dst[q] = make_uint4(out[4 * q], out[4 * q + 1], out[4 * q + 2], out[4 * q + 3]);
+    }
+    __syncthreads();  // the decoded tile is complete
+
+    const uint8_t* as = st + kPackedBytes;
+#pragma unroll
+    for (int kk = 0; kk < kBK; kk += 16) {
+      uint32_t a[Tl::kMF][4], b[Tl::kNF][2];
+#pragma unroll
+      for (int f = 0; f < Tl::kMF; ++f) ldmatrix_x4(a[f], as + (a_row + 16 * f) * kRowBytes + 2 * (kk + a_col));
+#pragma unroll
+      for (int f = 0; f < Tl::kNF; f += 2) {
+        uint32_t r[4];
+        ldmatrix_x4(r, decoded + (w_row + 8 * f) * kRowBytes + 2 * (kk + w_col));
+        b[f][0] = r[0], b[f][1] = r[1], b[f + 1][0] = r[2], b[f + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int mf = 0; mf < Tl::kMF; ++mf)
+#pragma unroll
+        for (int nf = 0; nf < Tl::kNF; ++nf) mma_16816<T>(acc[mf][nf], a[mf], b[nf][0], b[nf][1]);
+    }
+  }
+  cp_async_wait<0>();  // only empty groups can be left
+  __syncthreads();     // every warp is done with the stages: they become the sums
+
+  // The sums [BM][kRedRow]: fragment (mf, nf) of this thread holds rows g, g + 8 and columns 2t, 2t + 1.
+  float* red = reinterpret_cast<float*>(smem);
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int mf = 0; mf < Tl::kMF; ++mf)
+#pragma unroll
+    for (int nf = 0; nf < Tl::kNF; ++nf) {
+      const int r = wm * 16 * Tl::kMF + 16 * mf + g, c = wn * 8 * Tl::kNF + 8 * nf + 2 * t;
+      *reinterpret_cast<float2*>(red + r * kRedRow + c) = make_float2(acc[mf][nf][0], acc[mf][nf][1]);
+      *reinterpret_cast<float2*>(red + (r + 8) * kRedRow + c) = make_float2(acc[mf][nf][2], acc[mf][nf][3]);
+    }
+
+  // Note [Split over a cluster]: CTA `rank` of the `split` finishes elements [rank * chunk, ..) of
+  // the tile, adding every CTA's sums in rank order.
+  const int split = static_cast<int>(gridDim.z);
+  int rank = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  if (split > 1) {
+    cg::this_cluster().sync();
+    rank = static_cast<int>(cg::this_cluster().block_rank());
+  } else {
+    __syncthreads();
+  }
+#else
+  __syncthreads();
+#endif
+  const int chunk = static_cast<int>(ceil_div(BM * kBN, split));
+  const int end = (rank + 1) * chunk < BM * kBN ? (rank + 1) * chunk : BM * kBN;
+  for (int e = rank * chunk + tid; e < end; e += kThreads) {
+    const int r = e / kBN, c = e % kBN;
+    const int64_t m = m0 + r, n = n0 + c;
+    if (m >= p.M || n >= p.N) continue;
+    float v = 0.0f;
+    for (int q = 0; q < split; ++q) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      const float* src = split > 1 ? cg::this_cluster().map_shared_rank(red, q) : red;
+#else
+      const float* src = red;
+#endif
+      v += src[r * kRedRow + c];
+    }
+    if (p.bias != nullptr) v += Elem<T>::load(p.bias, n);
+    Elem<T>::store(p.out, m * p.N + n, v);
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (split > 1) cg::this_cluster().sync();  // no CTA leaves while another reads its sums
+#endif
+}
+
+// Per GPU, set up once: the kernels' shared-memory opt-in (a per-GPU function attribute) and
+// whether clusters are available (compute capability 9.0+).
+template <DType T, int BM>
+bool setup(const Call& call) {
+  static std::array<std::atomic<int>, 64> cache{};  // per GPU; 0 = not set up, 1 = no clusters, 2 = clusters
+  const int device = call.device();
+  const bool cached = device >= 0 && device < static_cast<int>(cache.size());
+  if (cached)
+    if (int v = cache[static_cast<size_t>(device)].load(std::memory_order_relaxed)) return v == 2;
+  call.check(cudaFuncSetAttribute(gemm4_tile_kernel<T, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile<BM>::kSmem),
+             "cudaFuncSetAttribute");
+  int major = 0;
+  call.check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+  if (cached) cache[static_cast<size_t>(device)].store(major >= 9 ? 2 : 1, std::memory_order_relaxed);
+  return major >= 9;
+}
+
+template <DType T, int BM>
+void launch(const Call& call, const Gemm4MmaParams<T>& p, int split) {
+  const bool clusters = setup<T, BM>(call);
+  const int64_t tiles = ceil_div(p.N, kBN) * ceil_div(p.M, BM), steps = p.K / kBK;
+  if (split <= 0)  // about two CTAs a multiprocessor, at least two steps a CTA
+    split = static_cast<int>(std::clamp<int64_t>(ceil_div(2 * sm_count(call.device()), tiles), 1, kMaxSplit));
+  split = static_cast<int>(std::min<int64_t>({split, kMaxSplit, std::max<int64_t>(1, steps / 2)}));
+  if (!clusters) split = 1;
+  const int64_t per_split = ceil_div(steps, split);
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(ceil_div(p.N, kBN)), static_cast<unsigned>(ceil_div(p.M, BM)), static_cast<unsigned>(split));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = Tile<BM>::kSmem;
+  cfg.stream = call.stream();
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = 1;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = static_cast<unsigned>(split);
+  cfg.attrs = &attr;
+  cfg.numAttrs = split > 1 ? 1 : 0;
+  call.check(cudaLaunchKernelEx(&cfg, gemm4_tile_kernel<T, BM>, p, per_split), "gemm4_tile_kernel");
+}
+
+}  // namespace
+
+bool gemm4_tile_applies(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
+                        int64_t N) {
+  const int64_t M = A.shape[0], K = A.shape[1];
+  const bool scales_aligned = aligned(scales.absmax.data, 4) &&
+                              (!scales.nested || aligned(scales.nested->nested_absmax.data, 4));
+  return (A.dtype == DType::BF16 || A.dtype == DType::F16) && M >= 1 && M <= int64_t{65535} * 16 && N >= 1 && K > 0 &&
+         K % kBK == 0 && blocksize >= kBK && aligned(packed.data, 16) && aligned(A.data, 16) && scales_aligned;
+}
+
+void gemm_4bit_tile(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
+                    QuantType qt, const std::optional<TensorView>& bias, const TensorView& out, int bm, int split) {
+  const Call call("gemm_4bit", A);
+  const int64_t M = A.shape[0];
+  if (bm <= 0) bm = M <= 16 ? 16 : M <= 32 ? 32 : M <= 64 ? 64 : 128;
+  dispatch_half(A.dtype, [&](auto t) {
+    constexpr DType T = decltype(t)::value;
+    const Gemm4MmaParams<T> p = gemm4_mma_params<T>(A, packed, scales, blocksize, qt, bias, out);
+    switch (bm) {
+      case 16: return launch<T, 16>(call, p, split);
+      case 32: return launch<T, 32>(call, p, split);
+      case 64: return launch<T, 64>(call, p, split);
+      default: return launch<T, 128>(call, p, split);
+    }
+  });
+}
+
+}  // namespace nybble::cuda
