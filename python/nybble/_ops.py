@@ -345,12 +345,16 @@ CPU_FUSED_MAX_ROWS = {torch.bfloat16: 16, torch.float16: 16, torch.float32: 64}
 
 def _gemm_4bit_in_cpp(A, N, K, blocksize) -> bool:
     """Whether gemm_4bit runs in C++ (else dequantize + F.linear), by the measured rule above."""
-    rows = A.numel() // max(K, 1)
-    if not A.is_cuda:
-        return rows <= CPU_FUSED_MAX_ROWS[A.dtype]
+    return _fused_rule(A.numel() // max(K, 1), A.dtype, A.is_cuda, N, K, blocksize)
+
+
+def _fused_rule(rows, dtype, on_gpu, N, K, blocksize) -> bool:
+    """_gemm_4bit_in_cpp for `rows` rows of A in `dtype` (the sweeps ask it for their tables)."""
+    if not on_gpu:
+        return rows <= CPU_FUSED_MAX_ROWS[dtype]
     if rows <= GPU_STREAMING_MAX_ROWS:
         return True
-    if A.dtype not in (torch.bfloat16, torch.float16):
+    if dtype not in (torch.bfloat16, torch.float16):
         return False
     if rows <= GPU_FUSED_MAX_ROWS:
         return True
