@@ -34,6 +34,19 @@
 //
 // Conditions (gemm4_tile_applies): T bf16/fp16, M >= 1, K % 64 == 0, blocksize >= 64, packed and A
 // 16-byte aligned, fp32 scale buffers 4-byte aligned.
+//
+// Measured on the H200 (cpp/bench/cuda_bench.cpp rows `tile`, weights rotated past L2; the Python
+// sweep against dequantize + cuBLASLt: docs/benchmarks/h200-gemm4-sweep.md), NF4 bs 64 nested, bf16:
+// 9-18 % of the copy bandwidth at M = 1-16 whatever M (28672 x 8192: 160 us; the skinny kernel:
+// 69-105 us), M = 64 230 us, M = 256 600 us; 1.08-1.46x faster than dequantize + cuBLASLt at 24-32
+// rows on weights of 2^25 elements or more, slower past 32-64 rows. What does not limit it
+// (variants measured and not landed, 2026-11-29): the decode's instruction count (pair-table
+// lookups with the scale applied to each step's fp32 partial sums, a third of the instructions a
+// weight, and two decoded tiles with one barrier a step: as fast at M <= 16, slower above), and the
+// DRAM access pattern (each weight row's 128 contiguous bytes in one stage of 4 steps, 64 at BM 32-64:
+// 179 us at M = 1 on 28672 x 8192, slower). About 1.2 us a step on that weight, with 2 CTAs an SM
+// waiting at two barriers a step; the next measurement is ncu's stall reasons (barrier against
+// long scoreboard) before another variant.
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
