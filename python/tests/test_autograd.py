@@ -239,6 +239,28 @@ def test_matmul_4bit_backward(device, dtype, quant_type, nested):
     torch.testing.assert_close(bias1.grad, bias2.grad)
 
 
+def test_gemm_4bit_gpu_rule_conditions():
+    """The GPU rule (_ops._fused_rule, no GPU needed): bf16/fp16 take the C++ kernels up to
+    GPU_FUSED_MAX_ROWS rows on any shape and, on the tiled kernel's shapes (K % 64 == 0, blocksize
+    >= 64), up to the rows GPU_TILE_MAX_ROWS gives the weight's size, measured per size band; fp32
+    up to GPU_STREAMING_MAX_ROWS."""
+    from nybble import _ops
+
+    rule = _ops._fused_rule
+    for dt in (torch.bfloat16, torch.float16):
+        for n, k in ((4096, 4096), (8192, 8192), (28672, 8192), (8192, 28672)):
+            rows = _ops._gpu_tile_max_rows(n * k)
+            assert rows >= _ops.GPU_FUSED_MAX_ROWS
+            assert rule(rows, dt, True, n, k, 64) and not rule(rows + 1, dt, True, n, k, 64)
+            assert rule(rows, dt, True, n, k, 4096)
+        for k, blocksize in ((8200, 64), (8192, 32)):  # not the tiled kernel's shapes
+            assert rule(_ops.GPU_FUSED_MAX_ROWS, dt, True, 28672, k, blocksize)
+            assert not rule(_ops.GPU_FUSED_MAX_ROWS + 1, dt, True, 28672, k, blocksize)
+    rows = _ops.GPU_STREAMING_MAX_ROWS
+    assert rule(rows, torch.float32, True, 28672, 8192, 64) and not rule(rows + 1, torch.float32, True, 28672, 8192, 64)
+    assert not rule(_ops.CPU_FUSED_MAX_ROWS[torch.bfloat16] + 1, torch.bfloat16, False, 28672, 8192, 64)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_matmul_4bit_rule_both_sides_of_the_threshold(device, dtype):
     """gemm_4bit runs nybble's kernels up to a measured number of rows and dequantize + F.linear
