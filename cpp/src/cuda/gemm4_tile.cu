@@ -45,8 +45,9 @@
 // weight, and two decoded tiles with one barrier a step: as fast at M <= 16, slower above), and the
 // DRAM access pattern (each weight row's 128 contiguous bytes in one stage of 4 steps, 64 at BM 32-64:
 // 179 us at M = 1 on 28672 x 8192, slower). About 1.2 us a step on that weight, with 2 CTAs an SM
-// waiting at two barriers a step; the next measurement is ncu's stall reasons (barrier against
-// long scoreboard) before another variant.
+// waiting at two barriers a step; the SASS (BM = 16) has ~270 instructions a warp and step, so ~1.8
+// of 4 issue slots a cycle are used at that speed: stalls. The next measurement is ncu's stall
+// reasons (bench/ncu_kernels.py: barrier against long scoreboard) before another variant.
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
