@@ -263,9 +263,20 @@ def _dequantize_4bit(A, absmax, blocksize, quant_type, out, absmax_8bit=None, ab
 
 def _dequantize_4bit_checked(A, absmax, blocksize, quant_type, out, absmax_8bit, absmax_code, absmax_offset):
     """_dequantize_4bit past the checks its caller made already (blocksize, quant type, nested scales)."""
+    _dequantize_4bit_into(_dequantize_4bit_args(A, absmax, blocksize, quant_type, absmax_8bit, absmax_code,
+                                                absmax_offset), out)
+
+
+def _dequantize_4bit_args(A, absmax, blocksize, quant_type, absmax_8bit, absmax_code, absmax_offset):
+    """_C.dequantize_4bit's arguments but the output, converted (packed bytes, scales)."""
+    return (_bytes(A), *_scales(absmax, absmax_8bit, absmax_code, absmax_offset), NESTED_BLOCKSIZE, blocksize,
+            quant_type)
+
+
+def _dequantize_4bit_into(args, out):
+    """Runs _C.dequantize_4bit with args from _dequantize_4bit_args into out."""
     _check_float("out", out)
-    q, nested, code, offset = _scales(absmax, absmax_8bit, absmax_code, absmax_offset)
-    _C.dequantize_4bit(_bytes(A), q, nested, code, offset, NESTED_BLOCKSIZE, blocksize, quant_type, out, stream=_stream(A))
+    _C.dequantize_4bit(*args, out, stream=_stream(args[0]))  # the packed bytes' device
 
 
 @_kernel("dequantize_4bit")
@@ -284,14 +295,12 @@ def dequantizer_4bit(A, absmax, blocksize, quant_type, shape, absmax_8bit=None, 
         return None
     _check_4bit(blocksize, quant_type)
     _check_nested(absmax_8bit, absmax_code, absmax_offset)
-    args = (_bytes(A), *_scales(absmax, absmax_8bit, absmax_code, absmax_offset), NESTED_BLOCKSIZE, blocksize,
-            quant_type)
-    device, stream_of = A.device, _stream
+    args = _dequantize_4bit_args(A, absmax, blocksize, quant_type, absmax_8bit, absmax_code, absmax_offset)
+    device = A.device
 
     def dequantize(dtype):
         out = torch.empty(shape, dtype=dtype, device=device)
-        _check_float("out", out)
-        _C.dequantize_4bit(*args, out, stream=stream_of(out))
+        _dequantize_4bit_into(args, out)
         return out
 
     return dequantize
