@@ -15,6 +15,7 @@ import argparse
 import csv
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,8 @@ def main() -> int:
              "|---|---|" + "---:|" * len(METRICS)]
     for r in rows:
         nvtx = next((v for k, v in r.items() if "nvtx" in k.lower() or k.startswith("thread Domain")), "")
+        named = re.search(r"<default domain>:([^:]*)", nvtx)  # ncu's form: 'id "<default domain>:name:none:..."'
+        nvtx = named.group(1) if named else nvtx.strip()
         name = r.get("Kernel Name", "")[:60]
         vals = []
         for m in METRICS:

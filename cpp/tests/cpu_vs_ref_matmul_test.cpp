@@ -255,6 +255,49 @@ TEST(CpuVsRefMatmul, Gemm4bitNonFiniteAndZeroScales) {
       }
 }
 
+// gemm_4bit_grad (the oracle, which the AVX2 table shares): out[m, k] = sum_n G[m, n] W[n, k] with
+// the fp32 weights, against the exact (double) sum, through the public call (columns split over
+// threads), on awkward shapes: odd K (rows start mid-byte), blocks straddling rows, N of one.
+TEST(CpuVsRefMatmul, Gemm4bitGradIsTheTransposedProduct) {
+  SCOPED_TRACE(test::seed_note());
+  const int64_t shapes[][3] = {{1, 1, 1}, {3, 5, 77}, {17, 64, 130}, {2, 300, 257}, {33, 31, 1000}};
+  uint64_t idx = 0;
+  for (const auto& sh : shapes)
+    for (DType dt : test::kFloatTypes) {
+      ++idx;
+      const int64_t M = sh[0], N = sh[1], K = sh[2];
+      const Gemm4Case c{M, N, K, k4bitBlocksizes[idx % k4bitBlocksizes.size()], idx % 2 ? QuantType::FP4 : QuantType::NF4,
+                        idx % 3 == 0, false, dt};
+      SCOPED_TRACE(describe(c));
+      const Gemm4Inputs in(c, test::test_seed() + idx * 13);
+      const FloatBuffer G = test::randn(dt, M * N, test::test_seed() + idx * 17);
+      FloatBuffer out(dt, M * K);
+      const BlockScales scales =
+          c.nested ? BlockScales{TensorView(in.qabsmax.data(), DType::U8, {static_cast<int64_t>(in.qabsmax.size())}),
+                                 NestedAbsmax{TensorView(in.nested_absmax.data(), DType::F32,
+                                                         {static_cast<int64_t>(in.nested_absmax.size())}),
+                                              TensorView(dynamic_map_signed().data(), DType::F32, {256}),
+                                              in.scales.offset, kNestedBlocksize}}
+                   : BlockScales{TensorView(in.absmax.data(), DType::F32, {static_cast<int64_t>(in.absmax.size())}),
+                                 std::nullopt};
+      gemm_4bit_grad(G.view({M, N}), TensorView(in.packed.data(), DType::U8, {static_cast<int64_t>(in.packed.size())}),
+                     scales, c.bs, c.qt, out.view({M, K}));
+      const auto& code = code_table(c.qt);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t k = 0; k < K; ++k) {
+          double ref = 0.0, mag = 0.0;
+          for (int64_t n = 0; n < N; ++n) {
+            const int64_t i = n * K + k;
+            const double p = static_cast<double>(G.get(m * N + n)) * (code[nibble_at(in.packed.data(), i)] * in.scales(i / c.bs));
+            ref += p;
+            mag += std::fabs(p);
+          }
+          ASSERT_NEAR(out.get(m * K + k), ref, 1e-5 * mag + output_eps(dt) * std::fabs(ref) + 1e-30)
+              << "out[" << m << ", " << k << "]";
+        }
+    }
+}
+
 // The kernel's result for a column does not depend on the [n0, n1) split: identical bytes.
 TEST(CpuVsRefMatmul, Gemm4bitSplitGivesIdenticalBytes) {
   NYBBLE_REQUIRE_AVX2(k);

@@ -61,6 +61,7 @@ struct Case {
   bool skinny = false;     // cuda::gemm_4bit_skinny (tile_wk ignored)
   int tile_bm = 0;         // > 0: cuda::gemm_4bit_tile with this tile height and tile_split
   int tile_split = 0;
+  bool grad = false;       // gemm_4bit_grad: A is G [M, N], out [M, K] = G @ W (tile_bm: cuda::gemm_4bit_grad_tile)
 };
 
 std::string describe(const Case& c) {
@@ -70,12 +71,14 @@ std::string describe(const Case& c) {
          " p_shift " + std::to_string(c.p_shift) + (c.inf_block ? " inf_block" : "") +
          (c.tile_wk >= 0 ? " tile_wk " + std::to_string(c.tile_wk) : "") +
          (c.skinny ? " skinny" : "") +
-         (c.tile_bm > 0 ? " tile_bm " + std::to_string(c.tile_bm) + " split " + std::to_string(c.tile_split) : "");
+         (c.tile_bm > 0 ? " tile_bm " + std::to_string(c.tile_bm) + " split " + std::to_string(c.tile_split) : "") +
+         (c.grad ? " grad" : "");
 }
 
 class CudaGemm4Mma : public test::CudaStreamTest {
  protected:
   void run(const Case& c);
+  void every_height_and_split(bool grad);
 
   std::mt19937_64 rng_{test::test_seed()};
 };
@@ -87,8 +90,11 @@ void CudaGemm4Mma::run(const Case& c) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_real_distribution<float> positive(0.01f, 3.0f);
 
+  // The product's shape: rows x cols, summed over depth (forward: M x N over K; grad: M x K over N).
+  const int64_t cols = c.grad ? c.K : c.N, depth_len = c.grad ? c.N : c.K;
+
   // Inputs: A and bias ~ N(0, 1) in T, random packed bytes, random scales.
-  test::FloatBuffer A(c.dt, c.M * c.K), bias(c.dt, c.N);
+  test::FloatBuffer A(c.dt, c.M * depth_len), bias(c.dt, c.N);
   for (int64_t i = 0; i < A.size(); ++i) A.set(i, normal(rng_));
   for (int64_t i = 0; i < bias.size(); ++i) bias.set(i, normal(rng_));
   Bytes packed(static_cast<size_t>(nbytes));
@@ -131,7 +137,7 @@ void CudaGemm4Mma::run(const Case& c) {
 
   // The GPU run.
   DeviceBuffer d_A(A.bytes.size()), d_packed(packed.size()), d_bias(bias.bytes.size()),
-      d_out(static_cast<size_t>(c.M * c.N) * es);
+      d_out(static_cast<size_t>(c.M * cols) * es);
   upload(d_A, c.a_shift * es, A.bytes.data(), A.bytes.size());
   upload(d_packed, c.p_shift, packed.data(), packed.size());
   upload(d_bias, 0, bias.bytes.data(), bias.bytes.size());
@@ -156,14 +162,20 @@ void CudaGemm4Mma::run(const Case& c) {
     dev_scales = {gpu(*d_absmax, 0, DType::U8, {nb}), na};
   }
   d_out.poison();
-  const TensorView gA = gpu(d_A, c.a_shift * es, c.dt, {c.M, c.K}), gp = gpu(d_packed, c.p_shift, DType::U8, {nbytes}),
-                   gout = gpu(d_out, 0, c.dt, {c.M, c.N});
+  const TensorView gA = gpu(d_A, c.a_shift * es, c.dt, {c.M, depth_len}), gp = gpu(d_packed, c.p_shift, DType::U8, {nbytes}),
+                   gout = gpu(d_out, 0, c.dt, {c.M, cols});
   const std::optional<TensorView> gbias = c.bias ? std::optional<TensorView>(gpu(d_bias, 0, c.dt, {c.N})) : std::nullopt;
   // The tiled kernel's weights are dequantize_4bit's (ref_T); the public call also reaches the
   // skinny kernel and, below 9 rows, the fp32 streaming kernel (gemm4.cu's Note [gemm_4bit paths]).
-  const bool tiled = c.tile_bm > 0 ||
-                     (!c.skinny && (c.tile_wk >= 0 || (c.M > 8 && !cuda::gemm4_skinny_applies(gA, gp, dev_scales, c.bs, c.N))));
-  if (c.tile_bm > 0) {
+  const bool tiled = c.grad ? c.tile_bm > 0 || cuda::gemm4_tile_grad_applies(gA, gp, dev_scales, c.bs, c.K)
+                            : c.tile_bm > 0 || (!c.skinny && (c.tile_wk >= 0 ||
+                                                              (c.M > 8 && !cuda::gemm4_skinny_applies(gA, gp, dev_scales, c.bs, c.N))));
+  if (c.grad && c.tile_bm > 0) {
+    ASSERT_TRUE(cuda::gemm4_tile_grad_applies(gA, gp, dev_scales, c.bs, c.K));
+    cuda::gemm_4bit_grad_tile(gA, gp, dev_scales, c.bs, c.qt, gout, c.tile_bm, c.tile_split);
+  } else if (c.grad) {
+    gemm_4bit_grad(gA, gp, dev_scales, c.bs, c.qt, gout);
+  } else if (c.tile_bm > 0) {
     ASSERT_TRUE(cuda::gemm4_tile_applies(gA, gp, dev_scales, c.bs, c.N));
     cuda::gemm_4bit_tile(gA, gp, dev_scales, c.bs, c.qt, gbias, gout, c.tile_bm, c.tile_split);
   } else if (c.skinny) {
@@ -175,25 +187,28 @@ void CudaGemm4Mma::run(const Case& c) {
     cuda::gemm_4bit_mma(gA, gp, dev_scales, c.bs, c.qt, gbias, gout, c.tile_wk);
   }
   sync();
-  const Bytes got = download(d_out, 0, static_cast<size_t>(c.M * c.N) * es);
+  const Bytes got = download(d_out, 0, static_cast<size_t>(c.M * cols) * es);
 
   // The exact sums, in double (products of two T values, or of T and fp32, are exact in double).
   const double u = c.dt == DType::BF16 ? std::exp2(-8) : std::exp2(-11);
   const double tiny = c.dt == DType::BF16 ? std::exp2(-134) : std::exp2(-25);  // half the subnormal spacing
-  const double depth = static_cast<double>(c.K) / 16 + 8;
-  std::vector<double> a_row(static_cast<size_t>(c.K)), wt(static_cast<size_t>(n)), wf(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    wt[static_cast<size_t>(i)] = w_t.get(i);
-    wf[static_cast<size_t>(i)] = w_f[static_cast<size_t>(i)];
-  }
+  const double depth = static_cast<double>(depth_len) / 16 + 8;
+  // wt, wf: the weights as [cols][depth] (the transposed weight for grad), so a sum runs along a row.
+  std::vector<double> a_row(static_cast<size_t>(depth_len)), wt(static_cast<size_t>(n)), wf(static_cast<size_t>(n));
+  for (int64_t r = 0; r < c.N; ++r)
+    for (int64_t k = 0; k < c.K; ++k) {
+      const int64_t i = r * c.K + k, o = c.grad ? k * c.N + r : i;
+      wt[static_cast<size_t>(o)] = w_t.get(i);
+      wf[static_cast<size_t>(o)] = w_f[static_cast<size_t>(i)];
+    }
   int64_t checked_finite = 0;
   for (int64_t m = 0; m < c.M; ++m) {
-    for (int64_t k = 0; k < c.K; ++k) a_row[static_cast<size_t>(k)] = A.get(m * c.K + k);
-    for (int64_t j = 0; j < c.N; ++j) {
-      const double* wtr = wt.data() + j * c.K;
-      const double* wfr = wf.data() + j * c.K;
+    for (int64_t k = 0; k < depth_len; ++k) a_row[static_cast<size_t>(k)] = A.get(m * depth_len + k);
+    for (int64_t j = 0; j < cols; ++j) {
+      const double* wtr = wt.data() + j * depth_len;
+      const double* wfr = wf.data() + j * depth_len;
       double ref_t = 0.0, ref_f = 0.0, mag_t = 0.0, mag_f = 0.0, sum_a = 0.0;
-      for (int64_t k = 0; k < c.K; ++k) {
+      for (int64_t k = 0; k < depth_len; ++k) {
         const double a = a_row[static_cast<size_t>(k)], pt = a * wtr[k], pf = a * wfr[k];
         ref_t += pt;
         ref_f += pf;
@@ -205,7 +220,7 @@ void CudaGemm4Mma::run(const Case& c) {
         const double b = bias.get(j);
         ref_t += b, ref_f += b, mag_t += std::fabs(b), mag_f += std::fabs(b);
       }
-      const double g = load_as_float(got.data(), c.dt, m * c.N + j);
+      const double g = load_as_float(got.data(), c.dt, m * cols + j);
       if (!std::isfinite(ref_t)) {
         ASSERT_FALSE(std::isfinite(g)) << "out[" << m << ", " << j << "] = " << g << " where the reference is " << ref_t;
         continue;
@@ -223,7 +238,7 @@ void CudaGemm4Mma::run(const Case& c) {
     }
   }
   if (!c.inf_block) {
-    EXPECT_EQ(checked_finite, c.M * c.N);
+    EXPECT_EQ(checked_finite, c.M * cols);
   }
 }
 
@@ -315,34 +330,71 @@ TEST_F(CudaGemm4Mma, SkinnyEveryRowCount) {
 // at and past a tile, N below, at and past the 128 weight rows of a CTA, K of one step up to an odd
 // number of steps that the split does not divide (and splits past half the steps, which the
 // launcher clamps). Then the public gemm_4bit above 16 rows, the split its own pick.
-TEST_F(CudaGemm4Mma, TileEveryHeightAndSplit) {
-  SCOPED_TRACE(test::seed_note());
+// Every tile height and split of gemm4_tile.cu forced, two cases each (the shapes rotating with the
+// case number); grad: its gradient form (N % 8 == 0, no bias).
+void CudaGemm4Mma::every_height_and_split(bool grad) {
   const int64_t Ms[] = {1, 16, 17, 31, 64, 65, 127, 129, 200};
-  const int64_t Ns[] = {1, 127, 128, 129, 300, 1000};
-  const int64_t Ks[] = {64, 192, 576, 1088, 2112};
+  const std::vector<int64_t> Ns = grad ? std::vector<int64_t>{8, 120, 128, 136, 392, 1000}
+                                       : std::vector<int64_t>{1, 127, 128, 129, 300, 1000};
+  const std::vector<int64_t> Ks = grad ? std::vector<int64_t>{64, 192, 576, 1088}
+                                       : std::vector<int64_t>{64, 192, 576, 1088, 2112};
   const int64_t bss[] = {64, 128, 256, 4096};
   int v = 0;
   for (int bm : {16, 32, 64, 128})
     for (int split : {1, 2, 3, 8})
       for (int rep = 0; rep < 2; ++rep) {
         ++v;
-        const int64_t M = Ms[(v * 5 + rep) % 9], K = Ks[v % 5];
-        int64_t N = Ns[(v * 7 + rep) % 6];
+        const int64_t M = Ms[(v * 5 + rep) % 9], K = Ks[static_cast<size_t>(v) % Ks.size()];
+        int64_t N = Ns[static_cast<size_t>(v * 7 + rep) % Ns.size()];
         while (M * N * K > 30'000'000) N /= 2;
+        if (grad) N -= N % 8;
         Case c{v % 2 ? DType::BF16 : DType::F16, (v / 3) % 2 ? QuantType::FP4 : QuantType::NF4, M, N, K,
-               bss[(v / 2) % 4], v % 3 == 0, v % 4 < 2};
+               bss[(v / 2) % 4], v % 3 == 0, !grad && v % 4 < 2};
         c.inf_block = !c.nested && v % 5 == 1;
         c.tile_bm = bm;
         c.tile_split = split;
+        c.grad = grad;
         run(c);
         if (HasFatalFailure()) return;
       }
+}
+
+TEST_F(CudaGemm4Mma, TileEveryHeightAndSplit) {
+  SCOPED_TRACE(test::seed_note());
+  every_height_and_split(false);
+  if (HasFatalFailure()) return;
   for (DType dt : {DType::BF16, DType::F16})
     for (int64_t M : {17, 100, 300}) {
       run(Case{dt, QuantType::NF4, M, 1000, 4096, 64, true, true});
       run(Case{dt, QuantType::FP4, M, 77, 8192, 128, false, false});
       if (HasFatalFailure()) return;
     }
+}
+
+// gemm_4bit_grad's tiled kernel (Note [The gradient] of gemm4_tile.cu: the weight tile's 128 rows
+// are the reduction, its 64 columns the output) with every tile height and split forced: M below,
+// at and past a tile, N (the reduction, N % 8 == 0) of one partial step up to an odd number of steps
+// that the split does not divide, K of one output tile and more. Then the public gemm_4bit_grad on
+// the kernel's shapes (its own tile and split) and beside them (N % 8 != 0, K % 64 != 0, blocksize
+// 32, G off alignment: the exact fp32 kernel of gemm4_grad.cu).
+TEST_F(CudaGemm4Mma, GradTileEveryHeightAndSplit) {
+  SCOPED_TRACE(test::seed_note());
+  every_height_and_split(true);
+  if (HasFatalFailure()) return;
+  for (DType dt : {DType::BF16, DType::F16}) {
+    for (int64_t M : {1, 17, 100, 300}) {
+      run(Case{dt, QuantType::NF4, M, 4096, 1024, 64, true, false, 0, 0, false, -1, false, 0, 0, true});
+      run(Case{dt, QuantType::FP4, M, 1000, 576, 128, false, false, 0, 0, M == 17, -1, false, 0, 0, true});
+      if (HasFatalFailure()) return;
+    }
+    run(Case{dt, QuantType::NF4, 9, 77, 256, 64, true, false, 0, 0, false, -1, false, 0, 0, true});   // N % 8 != 0
+    run(Case{dt, QuantType::FP4, 40, 128, 100, 64, false, false, 0, 0, true, -1, false, 0, 0, true}); // K % 64 != 0
+    run(Case{dt, QuantType::NF4, 5, 64, 256, 32, true, false, 0, 0, false, -1, false, 0, 0, true});   // blocksize 32
+    run(Case{dt, QuantType::NF4, 33, 64, 128, 64, false, false, 1, 0, false, -1, false, 0, 0, true}); // G off alignment
+    run(Case{dt, QuantType::FP4, 3, 33, 77, 32, true, false, 0, 0, false, -1, false, 0, 0, true});    // odd K
+    if (HasFatalFailure()) return;
+  }
+  run(Case{DType::F32, QuantType::NF4, 7, 100, 130, 64, true, false, 0, 0, false, -1, false, 0, 0, true});  // fp32
 }
 
 // The public gemm_4bit on the skinny kernel's shapes and beside them: off alignment, K % 64 != 0,

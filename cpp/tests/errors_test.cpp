@@ -109,6 +109,27 @@ TEST(Errors, Gemm4bitShapes) {
                ErrorKind::Value, {"bias", "must have 4", "one per output column"});
 }
 
+// gemm_4bit_grad: out [M, K] = G [M, N] @ W, W [N, K] packed; G [3, 4], out [3, 10] fit the 40-element weight.
+TEST(Errors, Gemm4bitGradShapes) {
+  std::vector<float> G(3 * 4), out(3 * 10, 7.0f);
+  std::vector<uint8_t> packed(20);
+  std::vector<float> absmax(2);
+  const BlockScales s{TensorView(absmax.data(), DType::F32, {2}), std::nullopt};
+  const TensorView P(packed.data(), DType::U8, {20});
+  expect_error([&] { gemm_4bit_grad(TensorView(G.data(), DType::F32, {12}), P, s, 32, QuantType::NF4, TensorView(out.data(), DType::F32, {3, 10})); },
+               ErrorKind::Value, {"gemm_4bit_grad", "G = float32 [12]", "2 dimensions"});
+  expect_error([&] { gemm_4bit_grad(TensorView(G.data(), DType::F32, {3, 4}), P, s, 32, QuantType::NF4, TensorView(out.data(), DType::F32, {2, 10})); },
+               ErrorKind::Value, {"out = float32 [2, 10]", "as many rows as G"});
+  expect_error([&] { gemm_4bit_grad(TensorView(G.data(), DType::F32, {3, 4}), P, s, 32, QuantType::NF4, TensorView(out.data(), DType::F32, {3, 11})); },
+               ErrorKind::Value, {"packed"});  // 44 weights need 22 bytes
+  std::vector<uint16_t> out16(30);
+  expect_error([&] { gemm_4bit_grad(TensorView(G.data(), DType::F32, {3, 4}), P, s, 32, QuantType::NF4, TensorView(out16.data(), DType::BF16, {3, 10})); },
+               ErrorKind::Type, {"out.dtype = bfloat16", "must be float32"});
+  expect_error([&] { gemm_4bit_grad(TensorView(G.data(), DType::F32, {3, 4}), P, s, 48, QuantType::NF4, TensorView(out.data(), DType::F32, {3, 10})); },
+               ErrorKind::Value, {"blocksize = 48"});
+  for (float v : out) ASSERT_EQ(v, 7.0f);  // nothing written
+}
+
 TEST(Errors, Blockwise8bitAndInt8) {
   std::vector<float> x(100), absmax(2), code(256);
   std::vector<uint8_t> q(100);

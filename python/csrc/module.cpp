@@ -256,6 +256,17 @@ NB_MODULE(_C, m) {
         }, arg("A"), arg("packed"), arg("absmax"), arg("nested_absmax").none(), arg("nested_code").none(), arg("offset").none(),
         arg("nested_blocksize"), arg("blocksize"), arg("quant_type"), arg("bias").none(), arg("out"), arg("stream") = 0);
 
+  m.def("gemm_4bit_grad", [](const Array& G, const Array& packed, const Array& absmax, const std::optional<Array>& nested_absmax,
+                             const std::optional<Array>& nested_code, const std::optional<Array>& offset,
+                             int64_t nested_blocksize, int64_t blocksize, const std::string& qt, const Array& out, uintptr_t stream) {
+          const auto q = to_quant_type(qt);
+          const auto s = to_scales(absmax, nested_absmax, nested_code, offset, nested_blocksize, stream);
+          const auto g = to_view(G, stream), p = to_view(packed, stream), o = to_view(out, stream);
+          nb::gil_scoped_release release;
+          nybble::gemm_4bit_grad(g, p, s, blocksize, q, o);
+        }, arg("G"), arg("packed"), arg("absmax"), arg("nested_absmax").none(), arg("nested_code").none(), arg("offset").none(),
+        arg("nested_blocksize"), arg("blocksize"), arg("quant_type"), arg("out"), arg("stream") = 0);
+
   m.def("quantize_blockwise", [](const Array& A, const Array& code, const Array& out, const Array& absmax, int64_t bs, uintptr_t stream) {
           const auto a = to_view(A, stream), c = to_view(code, stream), o = to_view(out, stream), s = to_view(absmax, stream);
           nb::gil_scoped_release release;

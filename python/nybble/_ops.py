@@ -5,7 +5,9 @@ Schemas are the reference's, so ``torch.ops.nybble.X`` takes the arguments
 ``torch.ops.bitsandbytes.X`` takes. Two nybble additions, both optional trailing arguments that
 reference-style calls never pass: ``dequantize_4bit`` accepts the double-quantized absmax like
 ``gemm_4bit`` does (decoded in the kernel instead of in a separate pass), and ``gemv_4bit``
-accepts any number of rows. Two ops are nybble's own: ``optimizer_update_32bit_multi`` and
+accepts any number of rows. Three ops are nybble's own: ``gemm_4bit_grad``, ``A @ W`` for the
+4-bit weight W of ``gemm_4bit`` (its gradient with respect to A: MatMul4Bit's backward), and
+``optimizer_update_32bit_multi`` and
 ``optimizer_update_8bit_blockwise_multi`` update a list of parameters with one set of
 hyperparameters in one kernel call (the optimizers' step); the 8-bit one also clips the update
 norm (``max_unorm``), which the reference's 8-bit op cannot. Both take optional device scalars:
@@ -38,6 +40,8 @@ _SCHEMAS = {
     "Tensor! out) -> ()",
     "gemm_4bit": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, int blocksize, str quant_type, "
     "Tensor? bias=None, Tensor? absmax_8bit=None, Tensor? absmax_code=None, Tensor? absmax_offset=None) -> Tensor",
+    "gemm_4bit_grad": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, int blocksize, str quant_type, "
+    "Tensor? absmax_8bit=None, Tensor? absmax_code=None, Tensor? absmax_offset=None) -> Tensor",
     "gemv_4bit": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, Tensor code, int blocksize) -> Tensor",
     "gemv_4bit.out": "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, Tensor code, int blocksize, Tensor! out) -> ()",
     "quantize_blockwise": "(Tensor A, Tensor code, int blocksize) -> (Tensor, Tensor)",
@@ -189,9 +193,11 @@ def _check_nested(absmax_8bit, absmax_code, absmax_offset) -> None:
                  lambda: "absmax_offset must be a one-element tensor when absmax_8bit is given")
 
 
-def _check_gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type) -> None:
+def _check_gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, grad=False) -> None:
+    """gemm_4bit's arguments (A [..., K]); grad: gemm_4bit_grad's (A [..., N])."""
     _require(len(shapeB) == 2, lambda: f"shapeB must be 2-D [N, K], got {list(shapeB)}")
-    _require(A.shape[-1] == shapeB[1], lambda: f"A's last dimension ({A.shape[-1]}) must equal K = shapeB[1] ({shapeB[1]})")
+    d, name = (0, "N") if grad else (1, "K")
+    _require(A.shape[-1] == shapeB[d], lambda: f"A's last dimension ({A.shape[-1]}) must equal {name} = shapeB[{d}] ({shapeB[d]})")
     _check_float("A", A)
     _require(B.dtype in STORAGE_DTYPES, lambda: f"B (packed weight) has unsupported storage dtype {B.dtype}")
     _check_4bit(blocksize, quant_type)
@@ -401,6 +407,68 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
         bias = bias.to(A.dtype)
     path = _gemm_4bit_kernel if _gemm_4bit_in_cpp(A, N, K, blocksize) else _gemm_4bit_dequant_linear
     return path(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code, absmax_offset)
+
+
+@_fake("gemm_4bit_grad")
+def _(A, B, shapeB, absmax, blocksize, quant_type, absmax_8bit=None, absmax_code=None, absmax_offset=None):
+    _check_gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, grad=True)
+    _check_nested(absmax_8bit, absmax_code, absmax_offset)
+    return torch.empty((*A.shape[:-1], shapeB[1]), dtype=A.dtype, device=A.device)
+
+
+# Rows of A (the output's gradient, [M, N]) up to which gemm_4bit_grad runs in C++ on the GPU: the
+# tiled kernel in its gradient form (cuda/gemm4_tile.cu's Note [The gradient]), on its shapes
+# (bf16/fp16, K % 64 == 0, N % 8 == 0, blocksize >= 64); above, and on the CPU, the weight is
+# dequantized into a scratch tensor and multiplied by torch (cuBLASLt, oneDNN/MKL), as before.
+# Measured on the H200 (bench/run_cuda_gemm4_sweep.py --grad, docs/benchmarks/h200-gemm4-grad-sweep.md;
+# the six weight shapes, NF4 bs 64 nested, bf16): up to 16 rows the kernel is 1.17-1.50x faster than
+# dequantize + cuBLASLt on every shape; at 24-32 rows 1.00-1.21x on weights of 2^25+ elements with
+# K >= 8192 (the kernel's output columns: 64 a CTA, so K / 64 CTAs before the split over N) and
+# 1.03-1.19x slower with K = 4096; from 48 rows 1.06-4x slower everywhere.
+GPU_GRAD_TILE_MAX_ROWS = ((2**25, 8192, 32),)  # (weight elements at least, K at least, rows up to)
+GPU_GRAD_MIN_MAX_ROWS = 16  # every other weight
+
+
+def _gemm_4bit_grad_in_cpp(A, N, K, blocksize) -> bool:
+    """Whether gemm_4bit_grad runs in C++ (else dequantize + matmul), by the measured rule above."""
+    return _grad_rule(A.numel() // max(N, 1), A.dtype, A.is_cuda, N, K, blocksize)
+
+
+def _grad_rule(rows, dtype, on_gpu, N, K, blocksize) -> bool:
+    """_gemm_4bit_grad_in_cpp for `rows` rows of A in `dtype` (the sweep asks it for its table)."""
+    if not on_gpu or dtype not in (torch.bfloat16, torch.float16) or K % 64 or N % 8 or blocksize < 64:
+        return False
+    return rows <= _gpu_grad_max_rows(N, K)
+
+
+def _gpu_grad_max_rows(N: int, K: int) -> int:
+    """Rows of A up to which gemm_4bit_grad's tiled kernel beats dequantize + cuBLASLt on this weight."""
+    return next((rows for size, min_k, rows in GPU_GRAD_TILE_MAX_ROWS if N * K >= size and K >= min_k),
+                GPU_GRAD_MIN_MAX_ROWS)
+
+
+def _gemm_4bit_grad_kernel(A, B, shapeB, absmax, blocksize, quant_type, absmax_8bit, absmax_code, absmax_offset):
+    N, K = shapeB
+    out = torch.empty((*A.shape[:-1], K), dtype=A.dtype, device=A.device)
+    q, nested, code, offset = _scales(absmax, absmax_8bit, absmax_code, absmax_offset)
+    _C.gemm_4bit_grad(A.reshape(-1, N).contiguous(), _bytes(B), q, nested, code, offset, NESTED_BLOCKSIZE, blocksize,
+                      quant_type, out.view(-1, K), stream=_stream(A))
+    return out
+
+
+def _gemm_4bit_grad_dequant_matmul(A, B, shapeB, absmax, blocksize, quant_type, absmax_8bit, absmax_code, absmax_offset):
+    W = torch.empty(shapeB, dtype=A.dtype, device=A.device)
+    _dequantize_4bit_checked(B, absmax, blocksize, quant_type, W, absmax_8bit, absmax_code, absmax_offset)
+    return torch.matmul(A, W)
+
+
+@_kernel("gemm_4bit_grad")
+def _(A, B, shapeB, absmax, blocksize, quant_type, absmax_8bit=None, absmax_code=None, absmax_offset=None):
+    _check_gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, grad=True)
+    _check_nested(absmax_8bit, absmax_code, absmax_offset)
+    N, K = shapeB
+    path = _gemm_4bit_grad_kernel if _gemm_4bit_grad_in_cpp(A, N, K, blocksize) else _gemm_4bit_grad_dequant_matmul
+    return path(A, B, shapeB, absmax, blocksize, quant_type, absmax_8bit, absmax_code, absmax_offset)
 
 
 def _code_quant_type(code: torch.Tensor) -> str:

@@ -289,6 +289,51 @@ def test_matmul_4bit_rule_both_sides_of_the_threshold(device, dtype):
     torch.testing.assert_close(above[:, :rows], below, atol=2 * tol, rtol=2 * tol)
 
 
+def test_gemm_4bit_grad_gpu_rule_conditions():
+    """gemm_4bit_grad's rule (_ops._grad_rule, no GPU needed): the fused kernel only on the GPU, for
+    bf16/fp16 on its shapes (K % 64 == 0, N % 8 == 0, blocksize >= 64), up to the rows
+    GPU_GRAD_TILE_MAX_ROWS gives the weight's size; dequantize + matmul otherwise."""
+    from nybble import _ops
+
+    rule = _ops._grad_rule
+    for dt in (torch.bfloat16, torch.float16):
+        for n, k in ((4096, 4096), (14336, 4096), (4096, 14336), (8192, 8192), (28672, 8192), (8192, 28672)):
+            rows = _ops._gpu_grad_max_rows(n, k)
+            assert rows == (32 if n * k >= 2**25 and k >= 8192 else 16)
+            assert rule(1, dt, True, n, k, 64) and rule(rows, dt, True, n, k, 4096)
+            assert not rule(rows + 1, dt, True, n, k, 64)
+            assert not rule(1, dt, False, n, k, 64)
+        for n, k, blocksize in ((28668, 8192, 64), (28672, 8200, 64), (28672, 8192, 32)):  # not the kernel's shapes
+            assert not rule(1, dt, True, n, k, blocksize)
+    assert not rule(1, torch.float32, True, 28672, 8192, 64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_gemm_4bit_grad_op_against_dequantize_and_matmul(device, dtype, quant_type):
+    """torch.ops.nybble.gemm_4bit_grad (A @ W for the 4-bit weight W [N, K]) and its C++ op called
+    directly (the oracle on the CPU) on awkward shapes (odd K, N % 8 != 0, 3-D A), plain and nested
+    scales, against A @ dequantize(W) in fp32; a mismatched A is refused with the rule in the message."""
+    from nybble import _C, _ops
+
+    for n, k, nested in ((72, 160, False), (33, 77, True), (64, 128, True)):
+        _, packed, qs = _quantized(n, k, quant_type, nested, dtype, device=device)
+        A = torch.randn(2, 5, n, dtype=dtype).to(device)
+        ref = A.float() @ bnb.functional.dequantize_4bit(packed, qs).float()
+        tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+        absmax, absmax_8bit, code, offset = (qs.absmax, None, None, None) if not nested else \
+            (qs.state2.absmax, qs.absmax, qs.state2.code, qs.offset)
+        got = torch.ops.nybble.gemm_4bit_grad(A, packed, [n, k], absmax, 64, quant_type, absmax_8bit, code, offset)
+        assert got.dtype == dtype and got.shape == (2, 5, k)
+        torch.testing.assert_close(got.float(), ref, atol=tol, rtol=tol)
+        direct = torch.full((10, k), float("nan"), dtype=dtype, device=device)
+        _C.gemm_4bit_grad(A.reshape(10, n), _ops._bytes(packed), *_ops._scales(absmax, absmax_8bit, code, offset),
+                          _ops.NESTED_BLOCKSIZE, 64, quant_type, direct, stream=_ops._stream(A))
+        torch.testing.assert_close(direct.float(), ref.reshape(10, k), atol=tol, rtol=tol)
+    with pytest.raises(RuntimeError, match=r"A's last dimension \(63\) must equal N = shapeB\[0\] \(64\)"):
+        torch.ops.nybble.gemm_4bit_grad(A[..., :63], packed, [64, 128], absmax, 64, quant_type, absmax_8bit, code, offset)
+
+
 @pytest.mark.parametrize("nested", [False, True])
 def test_matmul_4bit_backward_prepared_dequantize(device, nested):
     """The backward's dequantize, prepared in the forward, decodes exactly as the op does; traced

@@ -182,6 +182,55 @@ def test_matmul_4bit_every_M_against_dequantize_and_linear(M, nested, dtype, N, 
         torch.testing.assert_close(bias.grad.float(), b32.grad, rtol=tol, atol=tol * M ** 0.5)
 
 
+@pytest.mark.parametrize("M", [1, 3, 8, 9, 16, 17, 33, 64, 65, 257, 1024, 4096])
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("N", [296, 300])  # 296: the tiled kernel's shapes (N % 8 == 0); 300: not
+@pytest.mark.parametrize("K", [512, 520])  # 520: not a multiple of the blocksize or of 64
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_gemm_4bit_grad_every_M_against_dequantize_and_matmul(M, nested, dtype, N, K, quant_type):
+    """gemm_4bit_grad's C++ op (whichever CUDA kernel: the tiled kernel in its gradient form on its
+    shapes, the exact fp32 kernel elsewhere) for every M, against the output gradient times the
+    dequantized weight in fp32; the output poisoned with NaN before the op writes it."""
+    from nybble import _ops
+
+    W = torch.randn(N, K, device="cuda")
+    packed, state = F.quantize_4bit(W, blocksize=64, quant_type=quant_type, compress_statistics=nested)
+    G = torch.randn(M, N, device="cuda", dtype=dtype)
+    out = torch.full((M, K), float("nan"), device="cuda", dtype=dtype)
+    q, nested_absmax, code, offset = _ops._scales(
+        *((state.absmax, None, None, None) if not nested else
+          (state.state2.absmax, state.absmax, state.state2.code, state.offset)))
+    _C.gemm_4bit_grad(G, _ops._bytes(packed), q, nested_absmax, code, offset, _ops.NESTED_BLOCKSIZE, 64, quant_type,
+                      out, stream=_ops._stream(G))
+    expected = G.float() @ F.dequantize_4bit(packed, state).float()
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), expected, rtol=tol, atol=tol * N ** 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_matmul_4bit_backward_both_sides_of_the_grad_threshold(dtype):
+    """MatMul4Bit's backward takes gemm_4bit_grad's fused kernel up to the rows its rule gives the
+    weight (GPU_GRAD_TILE_MAX_ROWS) and dequantize + matmul above: both give the gradient of fp32
+    dequantize + linear, and each other's row for row."""
+    from nybble import _ops
+
+    n, k = 4096, 8192
+    W = torch.randn(n, k, device="cuda") / k ** 0.5
+    packed, state = F.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=True)
+    rows = _ops._gpu_grad_max_rows(n, k)
+    Wd = F.dequantize_4bit(packed, state).float()
+    g = torch.randn(rows + 1, n, device="cuda", dtype=dtype)
+    grads = []
+    for m in (rows, rows + 1):
+        A = torch.randn(m, k, device="cuda", dtype=dtype, requires_grad=True)
+        assert _ops._gemm_4bit_grad_in_cpp(g[:m], n, k, 64) == (m == rows)
+        nybble.matmul_4bit(A, packed.t(), state).backward(g[:m])
+        torch.testing.assert_close(A.grad.float(), g[:m].float() @ Wd, rtol=2e-2, atol=2e-2)
+        grads.append(A.grad)
+    torch.testing.assert_close(grads[1][:rows], grads[0], rtol=2e-2, atol=2e-2)
+
+
 def test_quantized_linear4bit_moves_between_gpu_and_cpu_as_it_is():
     # A layer quantized on the GPU keeps its packed bytes and quant state on the CPU and back
     # (docs/usage.md: placing a quantized model), and computes the same on either device.

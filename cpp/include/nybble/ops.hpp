@@ -56,6 +56,15 @@ void gemm_4bit(const TensorView& A, const TensorView& packed, const BlockScales&
                int64_t blocksize, QuantType quant_type, const std::optional<TensorView>& bias,
                const TensorView& out);
 
+// out[M, K] = G[M, N] @ W, W the 4-bit weight [N, K] of gemm_4bit: the gradient of gemm_4bit's
+// output with respect to its A (a frozen weight's backward), the weight read in place, never
+// materialized. G and out share one dtype (f32/f16/bf16); accumulation is in fp32, in ascending n
+// on the CPU (the oracle: exact fp32 weights). On CUDA, bf16/fp16 G on the tiled kernel's shapes
+// (K % 64 == 0, N % 8 == 0, blocksize >= 64, aligned buffers) rounds each weight to G's type as
+// dequantize_4bit does (dequantize + a bf16/fp16 GEMM with fp32 accumulation); others are exact.
+void gemm_4bit_grad(const TensorView& G, const TensorView& packed, const BlockScales& scales,
+                    int64_t blocksize, QuantType quant_type, const TensorView& out);
+
 // ---- 8-bit blockwise ---------------------------------------------------------------------------
 
 // A (f32/f16/bf16, n elements) -> out (u8 [n], index into code), absmax (f32 [ceil(n/bs)]).

@@ -146,23 +146,30 @@ void dequantize_4bit(const TensorView& packed, const BlockScales& scales, int64_
   });
 }
 
+// gemm_4bit's and gemm_4bit_grad's operands: the activations (`name`) and out, 2-D float of one
+// dtype with as many rows; the 4-bit weight of `weights` elements.
+static void check_gemm4(const char* op, const char* name, const TensorView& act, const TensorView& packed,
+                        const BlockScales& scales, int64_t blocksize, const TensorView& out, int64_t weights) {
+  check_tensor(op, name, act);
+  check_float(op, name, act);
+  core::check_ndim(op, name, act, 2);
+  check_tensor(op, "out", out);
+  core::check_ndim(op, "out", out, 2);
+  check_dtype(op, "out", out, {act.dtype});
+  core::check_4bit_blocksize(op, blocksize);
+  if (out.shape[0] != act.shape[0])
+    fail(ErrorKind::Value, op, "out = " + describe(out), std::string("must have as many rows as ") + name + " = " + describe(act));
+  check_packed(op, packed, weights);
+  check_scales(op, scales, num_blocks(weights, blocksize));
+}
+
 void gemm_4bit(const TensorView& A, const TensorView& packed, const BlockScales& scales,
                int64_t blocksize, QuantType qt, const std::optional<TensorView>& bias,
                const TensorView& out) {
   const char* op = "gemm_4bit";
-  check_tensor(op, "A", A);
-  check_float(op, "A", A);
-  core::check_ndim(op, "A", A, 2);
-  check_tensor(op, "out", out);
-  core::check_ndim(op, "out", out, 2);
-  check_dtype(op, "out", out, {A.dtype});
-  core::check_4bit_blocksize(op, blocksize);
+  // (Dimensions past ndim read as 0; check_gemm4 checks ndim first.)
   const int64_t M = A.shape[0], K = A.shape[1], N = out.shape[1];
-  if (out.shape[0] != M)
-    fail(ErrorKind::Value, op, "out = " + describe(out), "must have as many rows as A = " + describe(A));
-  const int64_t n = N * K;
-  check_packed(op, packed, n);
-  check_scales(op, scales, num_blocks(n, blocksize));
+  check_gemm4(op, "A", A, packed, scales, blocksize, out, N * K);
   if (bias) {
     check_tensor(op, "bias", *bias);
     check_dtype(op, "bias", *bias, {A.dtype});
@@ -176,6 +183,21 @@ void gemm_4bit(const TensorView& A, const TensorView& packed, const BlockScales&
   const auto& k = core::cpu_kernels();
   core::parallel_for(N, grain_for(std::max<int64_t>(1, K * std::max<int64_t>(M, 1) / 4)),
                      [&](int64_t n0, int64_t n1) { k.gemm_4bit(args, n0, n1); });
+}
+
+void gemm_4bit_grad(const TensorView& G, const TensorView& packed, const BlockScales& scales,
+                    int64_t blocksize, QuantType qt, const TensorView& out) {
+  const char* op = "gemm_4bit_grad";
+  const int64_t M = G.shape[0], N = G.shape[1], K = out.shape[1];
+  check_gemm4(op, "G", G, packed, scales, blocksize, out, N * K);
+  if (const auto* cu = backend_for(op, {{"G", &G}, {"packed", &packed}, scale_arg(scales), nested_absmax_arg(scales),
+                                        nested_code_arg(scales), offset_arg(scales), {"out", &out}}))
+    return cu->gemm_4bit_grad(G, packed, scales, blocksize, qt, out);
+  const cpu::Gemm4Args args{G.data, G.dtype, M, N, K, packed.ptr<const uint8_t>(), cpu_scales(scales), blocksize, qt,
+                            nullptr, out.data};
+  const auto& k = core::cpu_kernels();
+  core::parallel_for(K, grain_for(std::max<int64_t>(1, N * std::max<int64_t>(M, 1) / 4)),
+                     [&](int64_t k0, int64_t k1) { k.gemm_4bit_grad(args, k0, k1); });
 }
 
 // ---- 8-bit blockwise -----------------------------------------------------------------------------

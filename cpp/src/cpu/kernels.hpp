@@ -89,6 +89,8 @@ struct Kernels {
                           int64_t blocksize, void* out, DType dt, int64_t b0, int64_t b1);
   // output columns [n0, n1) of every row.
   void (*gemm_4bit)(const Gemm4Args& a, int64_t n0, int64_t n1);
+  // gemm_4bit_grad: a.A is G [M, N], a.out [M, K] (a.bias unused); output columns [k0, k1) of every row.
+  void (*gemm_4bit_grad)(const Gemm4Args& a, int64_t k0, int64_t k1);
   // rows [r0, r1). outlier_mask (u8 [cols], may be null when threshold <= 0) gets 1 at the
   // columns where these rows hold an outlier; it is never cleared here.
   void (*int8_quant_rows)(const void* A, DType dt, int64_t cols, float threshold, int8_t* CA,

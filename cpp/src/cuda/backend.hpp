@@ -24,6 +24,7 @@ namespace nybble::cuda {
 decltype(nybble::quantize_4bit) quantize_4bit;
 decltype(nybble::dequantize_4bit) dequantize_4bit;
 decltype(nybble::gemm_4bit) gemm_4bit;
+decltype(nybble::gemm_4bit_grad) gemm_4bit_grad;
 decltype(nybble::quantize_blockwise) quantize_blockwise;
 decltype(nybble::dequantize_blockwise) dequantize_blockwise;
 decltype(nybble::dequantize_absmax_nested) dequantize_absmax_nested;
@@ -51,6 +52,14 @@ bool gemm4_tile_applies(const TensorView& A, const TensorView& packed, const Blo
                         int64_t N);
 void gemm_4bit_tile(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
                     QuantType qt, const std::optional<TensorView>& bias, const TensorView& out, int bm = 0, int split = 0);
+// gemm_4bit_grad's tensor-core form of the tiled kernel (gemm4_tile.cu, Note [The gradient]),
+// which gemm_4bit_grad (gemm4_grad.cu) calls whenever gemm4_tile_grad_applies: bf16/fp16 G [M, N],
+// N % 8 == 0, K % 64 == 0, blocksize >= 64, packed and G 16-byte aligned, the scales 4-byte aligned.
+// bm and split as for gemm_4bit_tile (the split runs over N).
+bool gemm4_tile_grad_applies(const TensorView& G, const TensorView& packed, const BlockScales& scales,
+                             int64_t blocksize, int64_t K);
+void gemm_4bit_grad_tile(const TensorView& G, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
+                         QuantType qt, const TensorView& out, int bm = 0, int split = 0);
 // The mean into a device tensor, or back to the host (this one synchronizes absmax's stream).
 void absmax_mean(const TensorView& absmax, const TensorView& out);
 float absmax_mean_to_host(const TensorView& absmax);
@@ -62,6 +71,7 @@ struct Backend {
   decltype(&cuda::quantize_4bit) quantize_4bit;
   decltype(&cuda::dequantize_4bit) dequantize_4bit;
   decltype(&cuda::gemm_4bit) gemm_4bit;
+  decltype(&cuda::gemm_4bit_grad) gemm_4bit_grad;
   decltype(&cuda::quantize_blockwise) quantize_blockwise;
   decltype(&cuda::dequantize_blockwise) dequantize_blockwise;
   void (*absmax_mean)(const TensorView& absmax, const TensorView& out);

@@ -46,8 +46,29 @@
 // DRAM access pattern (each weight row's 128 contiguous bytes in one stage of 4 steps, 64 at BM 32-64:
 // 179 us at M = 1 on 28672 x 8192, slower). About 1.2 us a step on that weight, with 2 CTAs an SM
 // waiting at two barriers a step; the SASS (BM = 16) has ~270 instructions a warp and step, so ~1.8
-// of 4 issue slots a cycle are used at that speed: stalls. The next measurement is ncu's stall
-// reasons (bench/ncu_kernels.py: barrier against long scoreboard) before another variant.
+// of 4 issue slots a cycle are used at that speed: stalls. Nsight Compute (h200-ncu.md, BM = 32 and
+// 64 on 28672 x 8192): L1/shared-memory throughput 73-75 % of peak against DRAM 9-10 %, issue 47 %,
+// and per issued instruction 0.5-0.6 warps stalled at a barrier, 0.3-0.4 on global memory, 1.5-1.9
+// on shared memory, 0.6-0.7 on the MIO queue: the shared-memory pipe, not the barriers nor DRAM, is
+// what it waits on (per weight one code-table read, the decoded tile's store and its ldmatrix, and
+// every warp's ldmatrix of the activations). Closing it needs fewer shared-memory bytes a weight:
+// the code table in registers (a byte permute over a per-block bf16 table) and wgmma reading both
+// operands from shared memory (no per-warp ldmatrix), sm_90a.
+//
+// Note [The gradient]: gemm_4bit_grad, out[M, K] = G[M, N] @ W (MatMul4Bit's backward), is the same
+// kernel with the roles of the weight tile's sides swapped (kGrad). A CTA owns 64 output columns
+// (weight columns k) x BM rows of G, and a step decodes the 128 x 64 weight tile of rows
+// [128 s, 128 s + 128) at those columns, exactly as above (same thread mapping, the scale of row
+// n's block at those columns), and reduces over its 128 rows: G's step slice [BM][128] (staged
+// rows of 136 elements, 272 bytes: ldmatrix conflict-free too) is the A operand, and the decoded
+// tile, whose rows hold k contiguous, is a row-major B operand, read by ldmatrix.trans. The split
+// over the cluster runs over N. N % 8 == 0 (16-byte chunks of G rows lie wholly inside or outside
+// N; rows of the last step past N load zeros and decode to 0). Shared memory at BM = 128: 171 KiB,
+// one CTA an SM.
+// Measured (h200-gemm4-grad-sweep.md, bf16, NF4 bs 64 nested): 18-233 us at M = 1-16 on the six
+// weights, 1.17-1.50x faster than dequantize + cuBLASLt (which writes and rereads the bf16 weight),
+// 0.47-0.63x bf16 G @ W; at 24-32 rows 1.0-1.2x on weights of 2^25+ elements with K >= 8192;
+// slower from 48 rows (the tile decodes each weight once per BM rows of G, as the forward does).
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
@@ -67,34 +88,39 @@ namespace nybble::cuda {
 namespace {
 
 constexpr int kThreads = 256;  // 8 warps
-constexpr int kBN = 128;       // weight rows of a CTA
-constexpr int kBK = 64;        // k of a step
+constexpr int kBN = 128;       // weight rows of a step's tile
+constexpr int kBK = 64;        // weight columns of a step's tile
 constexpr int kStages = 4;
-constexpr int kRow = kBK + 8;           // elements of a staged activation row or decoded weight row
-constexpr int kRowBytes = kRow * 2;     // 144: see the header
+constexpr int kRowBytes = (kBK + 8) * 2;     // 144: a decoded weight row (see the header)
 constexpr int kPackedBytes = kBN * kBK / 2;  // a step's packed weights: 4 KiB
-constexpr int kRedRow = kBN + 4;        // floats of a row of the epilogue's sums
-constexpr int kMaxSplit = 8;            // portable cluster size
+constexpr int kMaxSplit = 8;                 // portable cluster size
 
-// Warps as WM x WN over the BM x 128 tile; MF m16 fragments of A and NF n8 fragments of W a warp.
-template <int BM>
+// Warps as WM x WN over the BM x kCols output tile; MF m16 fragments of A and NF n8 fragments of W
+// a warp. Forward: a CTA's output columns are the tile's 128 weight rows, a step reduces over its
+// 64 columns; kGrad (Note [The gradient]): the output columns are the tile's 64 weight columns, a
+// step reduces over its 128 rows.
+template <int BM, bool kGrad>
 struct Tile {
+  static constexpr int kCols = kGrad ? kBK : kBN;    // output columns of a CTA
+  static constexpr int kDepth = kGrad ? kBN : kBK;   // the reduction of a step
+  static constexpr int kActRowBytes = (kDepth + 8) * 2;  // a staged activation row: 144 or 272 bytes
+  static constexpr int kRedRow = kCols + 4;        // floats of a row of the epilogue's sums
   static constexpr int kWM = BM <= 16 ? 1 : BM <= 64 ? 2 : 4;
   static constexpr int kWN = 8 / kWM;
   static constexpr int kMF = BM / (16 * kWM);
-  static constexpr int kNF = kBN / (8 * kWN);
-  static_assert(kMF >= 1 && kNF % 2 == 0, "ldmatrix.x4 loads two n8 fragments");
+  static constexpr int kNF = kCols / (8 * kWN);
+  static_assert(kMF >= 1 && kNF >= 1 && (kGrad || kNF % 2 == 0), "ldmatrix.x4 loads two n8 fragments");
   // Shared memory: the stages (packed, then activations), the decoded tile, the nested code map.
-  static constexpr int kStageBytes = kPackedBytes + BM * kRowBytes;
+  static constexpr int kStageBytes = kPackedBytes + BM * kActRowBytes;
   static constexpr int kDecoded = kStages * kStageBytes;
   static constexpr int kCode8 = kDecoded + kBN * kRowBytes;
   static constexpr int kSmem = kCode8 + 256 * 4;
   static_assert(BM * kRedRow * 4 <= kDecoded, "the epilogue's sums fit in the stages");
 };
 
-template <DType T, int BM>
+template <DType T, int BM, bool kGrad>
 __global__ void __launch_bounds__(kThreads, 2) gemm4_tile_kernel(Gemm4MmaParams<T> p, int64_t steps_per_split) {
-  using Tl = Tile<BM>;
+  using Tl = Tile<BM, kGrad>;
   using S = storage_t<T>;
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ float lut[16];
@@ -102,34 +128,41 @@ __global__ void __launch_bounds__(kThreads, 2) gemm4_tile_kernel(Gemm4MmaParams<
   float* code8 = reinterpret_cast<float*>(smem + Tl::kCode8);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int wm = warp / Tl::kWN, wn = warp % Tl::kWN;
-  const int64_t n0 = int64_t{blockIdx.x} * kBN, m0 = int64_t{blockIdx.y} * BM;
-  const int64_t steps = p.K / kBK;
+  const int64_t c0 = int64_t{blockIdx.x} * Tl::kCols, m0 = int64_t{blockIdx.y} * BM;  // output tile
+  const int64_t steps = kGrad ? ceil_div(p.N, kBN) : p.K / kBK;
   const int64_t first = int64_t{blockIdx.z} * steps_per_split;
   const int64_t last = first + steps_per_split < steps ? first + steps_per_split : steps;
   const int64_t count = last > first ? last - first : 0;
   const bool nested = p.scales.qabsmax != nullptr;
 
-  // This thread's share of a step's weights: row dr, packed bytes [16 dh, 16 dh + 16).
+  // Step s's weight tile: rows [row0(s), + 128), columns [col0(s), + 64). This thread's share: row
+  // dr, packed bytes [16 dh, 16 dh + 16).
   const int dr = tid / 2, dh = tid % 2;
-  const int64_t dn = n0 + dr;
-  const uint8_t* w_src = p.packed + dn * (p.K / 2) + 16 * dh;
+  const auto row0 = [&](int64_t s) { return kGrad ? s * kBN : c0; };
+  const auto col0 = [&](int64_t s) { return kGrad ? c0 : s * kBK; };
+  // The activations of step s: A[m0 + r, depth0(s) + j] for j < kDepth, 16 bytes at a time.
+  const int64_t lda = kGrad ? p.N : p.K;
 
   const auto load_stage = [&](int64_t i) {  // step first + i into its stage; always commits a group
     if (i < count) {
       uint8_t* st = smem + (i % kStages) * Tl::kStageBytes;
-      const int64_t k0 = (first + i) * kBK;
-      cp_async<16>(st + 32 * dr + 16 * dh, dn < p.N ? w_src + k0 / 2 : p.packed, dn < p.N ? 16 : 0);
+      const int64_t s = first + i, dn = row0(s) + dr;
+      cp_async<16>(st + 32 * dr + 16 * dh, dn < p.N ? p.packed + (dn * p.K + col0(s)) / 2 + 16 * dh : p.packed,
+                   dn < p.N ? 16 : 0);
       S* as = reinterpret_cast<S*>(st + kPackedBytes);
-      for (int c = tid; c < BM * 8; c += kThreads) {
-        const int r = c / 8, q = c % 8;
-        const bool ok = m0 + r < p.M;
-        cp_async<16>(as + r * kRow + 8 * q, ok ? p.A + (m0 + r) * p.K + k0 + 8 * q : p.A, ok ? 16 : 0);
+      const int64_t j0 = kGrad ? s * kBN : s * kBK;
+      constexpr int kChunks = Tl::kDepth / 8;
+      for (int c = tid; c < BM * kChunks; c += kThreads) {
+        const int r = c / kChunks, q = c % kChunks;
+        const bool ok = m0 + r < p.M && j0 + 8 * q < lda;  // kGrad: N % 8 == 0, a chunk is in or out
+        cp_async<16>(as + r * (Tl::kActRowBytes / 2) + 8 * q, ok ? p.A + (m0 + r) * lda + j0 + 8 * q : p.A, ok ? 16 : 0);
       }
     }
     cp_async_commit();
   };
   const auto load_raw = [&](int64_t i) {  // this thread's scale of step first + i
-    return i < count && dn < p.N ? load_scale(p.scales, (dn * p.K + (first + i) * kBK) >> p.log2_bs) : RawScale{};
+    const int64_t s = first + i, dn = row0(s) + dr;
+    return i < count && dn < p.N ? load_scale(p.scales, (dn * p.K + col0(s)) >> p.log2_bs) : RawScale{};
   };
 
   for (int i = 0; i < kStages - 1; ++i) load_stage(i);
@@ -140,10 +173,9 @@ __global__ void __launch_bounds__(kThreads, 2) gemm4_tile_kernel(Gemm4MmaParams<
   const float off = nested ? p.scales.offset_value() : 0.0f;
 
   float acc[Tl::kMF][Tl::kNF][4] = {};
-  // ldmatrix row addresses: A fragment rows (lane % 16), k half (lane / 16); W rows of a fragment
-  // pair (lane % 8 + 8 (lane / 16)), k half ((lane / 8) % 2).
+  // ldmatrix row addresses: A fragment rows (lane % 16), k half (lane / 16); forward: W rows of a
+  // fragment pair (lane % 8 + 8 (lane / 16)), k half ((lane / 8) % 2).
   const int a_row = wm * 16 * Tl::kMF + lane % 16, a_col = 8 * (lane / 16);
-  const int w_row = wn * 8 * Tl::kNF + lane % 8 + 8 * (lane / 16), w_col = 8 * ((lane / 8) % 2);
 
   for (int64_t i = 0; i < count; ++i) {
     cp_async_wait<kStages - 2>();
@@ -153,7 +185,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm4_tile_kernel(Gemm4MmaParams<
 
     // Decode: row dr, k [32 dh, 32 dh + 32): byte j holds k 2j (high nibble) and 2j + 1.
     {
-      const float sc = dn < p.N ? scale(p.scales, raw0, off, code8) : 0.0f;
+      const float sc = row0(first + i) + dr < p.N ? scale(p.scales, raw0, off, code8) : 0.0f;
       raw0 = raw1;
       raw1 = load_raw(i + 2);
       const uint4 w = *reinterpret_cast<const uint4*>(st + 32 * dr + 16 * dh);
@@ -176,21 +208,47 @@ __global__ void __launch_bounds__(kThreads, 2) gemm4_tile_kernel(Gemm4MmaParams<
     __syncthreads();  // the decoded tile is complete
 
     const uint8_t* as = st + kPackedBytes;
+    if constexpr (!kGrad) {
+      const int w_row = wn * 8 * Tl::kNF + lane % 8 + 8 * (lane / 16), w_col = 8 * ((lane / 8) % 2);
 #pragma unroll
-    for (int kk = 0; kk < kBK; kk += 16) {
-      uint32_t a[Tl::kMF][4], b[Tl::kNF][2];
+      for (int kk = 0; kk < kBK; kk += 16) {
+        uint32_t a[Tl::kMF][4], b[Tl::kNF][2];
 #pragma unroll
-      for (int f = 0; f < Tl::kMF; ++f) ldmatrix_x4(a[f], as + (a_row + 16 * f) * kRowBytes + 2 * (kk + a_col));
+        for (int f = 0; f < Tl::kMF; ++f) ldmatrix_x4(a[f], as + (a_row + 16 * f) * Tl::kActRowBytes + 2 * (kk + a_col));
 #pragma unroll
-      for (int f = 0; f < Tl::kNF; f += 2) {
-        uint32_t r[4];
-        ldmatrix_x4(r, decoded + (w_row + 8 * f) * kRowBytes + 2 * (kk + w_col));
-        b[f][0] = r[0], b[f][1] = r[1], b[f + 1][0] = r[2], b[f + 1][1] = r[3];
+        for (int f = 0; f < Tl::kNF; f += 2) {
+          uint32_t r[4];
+          ldmatrix_x4(r, decoded + (w_row + 8 * f) * kRowBytes + 2 * (kk + w_col));
+          b[f][0] = r[0], b[f][1] = r[1], b[f + 1][0] = r[2], b[f + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int mf = 0; mf < Tl::kMF; ++mf)
+#pragma unroll
+          for (int nf = 0; nf < Tl::kNF; ++nf) mma_16816<T>(acc[mf][nf], a[mf], b[nf][0], b[nf][1]);
       }
+    } else {
+      // Note [The gradient]: the mma's k runs over the tile's 128 weight rows, its n over the 64
+      // weight columns; the decoded tile (row n holds k contiguous) is a row-major B operand, which
+      // ldmatrix.trans turns into the col fragments: lane l reads weight row kk + l, matrices j =
+      // rows kk + 8j .. + 8 at this fragment's 8 columns, i.e. b0, b1 of k16 slices kk and kk + 16.
 #pragma unroll
-      for (int mf = 0; mf < Tl::kMF; ++mf)
+      for (int kk = 0; kk < kBN; kk += 32) {
+        uint32_t a[2][Tl::kMF][4], b[Tl::kNF][4];
 #pragma unroll
-        for (int nf = 0; nf < Tl::kNF; ++nf) mma_16816<T>(acc[mf][nf], a[mf], b[nf][0], b[nf][1]);
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int f = 0; f < Tl::kMF; ++f)
+            ldmatrix_x4(a[h][f], as + (a_row + 16 * f) * Tl::kActRowBytes + 2 * (kk + 16 * h + a_col));
+#pragma unroll
+        for (int f = 0; f < Tl::kNF; ++f)
+          ldmatrix_x4_trans(b[f], decoded + (kk + lane) * kRowBytes + 2 * (wn * 8 * Tl::kNF + 8 * f));
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int mf = 0; mf < Tl::kMF; ++mf)
+#pragma unroll
+            for (int nf = 0; nf < Tl::kNF; ++nf) mma_16816<T>(acc[mf][nf], a[h][mf], b[nf][2 * h], b[nf][2 * h + 1]);
+      }
     }
   }
   cp_async_wait<0>();  // only empty groups can be left
@@ -204,8 +262,8 @@ __global__ void __launch_bounds__(kThreads, 2) gemm4_tile_kernel(Gemm4MmaParams<
 #pragma unroll
     for (int nf = 0; nf < Tl::kNF; ++nf) {
       const int r = wm * 16 * Tl::kMF + 16 * mf + g, c = wn * 8 * Tl::kNF + 8 * nf + 2 * t;
-      *reinterpret_cast<float2*>(red + r * kRedRow + c) = make_float2(acc[mf][nf][0], acc[mf][nf][1]);
-      *reinterpret_cast<float2*>(red + (r + 8) * kRedRow + c) = make_float2(acc[mf][nf][2], acc[mf][nf][3]);
+      *reinterpret_cast<float2*>(red + r * Tl::kRedRow + c) = make_float2(acc[mf][nf][0], acc[mf][nf][1]);
+      *reinterpret_cast<float2*>(red + (r + 8) * Tl::kRedRow + c) = make_float2(acc[mf][nf][2], acc[mf][nf][3]);
     }
 
   // Note [Split over a cluster]: CTA `rank` of the `split` finishes elements [rank * chunk, ..) of
@@ -223,12 +281,14 @@ __global__ void __launch_bounds__(kThreads, 2) gemm4_tile_kernel(Gemm4MmaParams<
 #else
   __syncthreads();
 #endif
-  const int chunk = static_cast<int>(ceil_div(BM * kBN, split));
-  const int end = (rank + 1) * chunk < BM * kBN ? (rank + 1) * chunk : BM * kBN;
+  constexpr int kElems = BM * Tl::kCols;
+  const int chunk = static_cast<int>(ceil_div(kElems, split));
+  const int end = (rank + 1) * chunk < kElems ? (rank + 1) * chunk : kElems;
+  const int64_t cols = kGrad ? p.K : p.N;
   for (int e = rank * chunk + tid; e < end; e += kThreads) {
-    const int r = e / kBN, c = e % kBN;
-    const int64_t m = m0 + r, n = n0 + c;
-    if (m >= p.M || n >= p.N) continue;
+    const int r = e / Tl::kCols, c = e % Tl::kCols;
+    const int64_t m = m0 + r, n = c0 + c;
+    if (m >= p.M || n >= cols) continue;
     float v = 0.0f;
     for (int q = 0; q < split; ++q) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -236,10 +296,10 @@ __global__ void __launch_bounds__(kThreads, 2) gemm4_tile_kernel(Gemm4MmaParams<
 #else
       const float* src = red;
 #endif
-      v += src[r * kRedRow + c];
+      v += src[r * Tl::kRedRow + c];
     }
     if (p.bias != nullptr) v += Elem<T>::load(p.bias, n);
-    Elem<T>::store(p.out, m * p.N + n, v);
+    Elem<T>::store(p.out, m * cols + n, v);
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (split > 1) cg::this_cluster().sync();  // no CTA leaves while another reads its sums
@@ -248,14 +308,15 @@ __global__ void __launch_bounds__(kThreads, 2) gemm4_tile_kernel(Gemm4MmaParams<
 
 // Per GPU, set up once: the kernels' shared-memory opt-in (a per-GPU function attribute) and
 // whether clusters are available (compute capability 9.0+).
-template <DType T, int BM>
+template <DType T, int BM, bool kGrad>
 bool setup(const Call& call) {
   static std::array<std::atomic<int>, 64> cache{};  // per GPU; 0 = not set up, 1 = no clusters, 2 = clusters
   const int device = call.device();
   const bool cached = device >= 0 && device < static_cast<int>(cache.size());
   if (cached)
     if (int v = cache[static_cast<size_t>(device)].load(std::memory_order_relaxed)) return v == 2;
-  call.check(cudaFuncSetAttribute(gemm4_tile_kernel<T, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile<BM>::kSmem),
+  call.check(cudaFuncSetAttribute(gemm4_tile_kernel<T, BM, kGrad>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  Tile<BM, kGrad>::kSmem),
              "cudaFuncSetAttribute");
   int major = 0;
   call.check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
@@ -263,19 +324,21 @@ bool setup(const Call& call) {
   return major >= 9;
 }
 
-template <DType T, int BM>
+template <DType T, int BM, bool kGrad>
 void launch(const Call& call, const Gemm4MmaParams<T>& p, int split) {
-  const bool clusters = setup<T, BM>(call);
-  const int64_t tiles = ceil_div(p.N, kBN) * ceil_div(p.M, BM), steps = p.K / kBK;
+  using Tl = Tile<BM, kGrad>;
+  const bool clusters = setup<T, BM, kGrad>(call);
+  const int64_t col_tiles = ceil_div(kGrad ? p.K : p.N, Tl::kCols);
+  const int64_t tiles = col_tiles * ceil_div(p.M, BM), steps = kGrad ? ceil_div(p.N, kBN) : p.K / kBK;
   if (split <= 0)  // about two CTAs a multiprocessor, at least two steps a CTA
     split = static_cast<int>(std::clamp<int64_t>(ceil_div(2 * sm_count(call.device()), tiles), 1, kMaxSplit));
   split = static_cast<int>(std::min<int64_t>({split, kMaxSplit, std::max<int64_t>(1, steps / 2)}));
   if (!clusters) split = 1;
   const int64_t per_split = ceil_div(steps, split);
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(static_cast<unsigned>(ceil_div(p.N, kBN)), static_cast<unsigned>(ceil_div(p.M, BM)), static_cast<unsigned>(split));
+  cfg.gridDim = dim3(static_cast<unsigned>(col_tiles), static_cast<unsigned>(ceil_div(p.M, BM)), static_cast<unsigned>(split));
   cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = Tile<BM>::kSmem;
+  cfg.dynamicSmemBytes = Tl::kSmem;
   cfg.stream = call.stream();
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeClusterDimension;
@@ -284,34 +347,62 @@ void launch(const Call& call, const Gemm4MmaParams<T>& p, int split) {
   attr.val.clusterDim.z = static_cast<unsigned>(split);
   cfg.attrs = &attr;
   cfg.numAttrs = split > 1 ? 1 : 0;
-  call.check(cudaLaunchKernelEx(&cfg, gemm4_tile_kernel<T, BM>, p, per_split), "gemm4_tile_kernel");
+  call.check(cudaLaunchKernelEx(&cfg, gemm4_tile_kernel<T, BM, kGrad>, p, per_split), "gemm4_tile_kernel");
+}
+
+// The tile height for M rows (bm <= 0), or the one forced.
+int tile_height(int64_t M, int bm) { return bm > 0 ? bm : M <= 16 ? 16 : M <= 32 ? 32 : M <= 64 ? 64 : 128; }
+
+template <bool kGrad, DType T>
+void launch_height(const Call& call, const Gemm4MmaParams<T>& p, int bm, int split) {
+  switch (tile_height(p.M, bm)) {
+    case 16: return launch<T, 16, kGrad>(call, p, split);
+    case 32: return launch<T, 32, kGrad>(call, p, split);
+    case 64: return launch<T, 64, kGrad>(call, p, split);
+    default: return launch<T, 128, kGrad>(call, p, split);
+  }
+}
+
+// The shape and alignment conditions both directions share; A is the activations (G for kGrad).
+bool tile_operands_fit(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
+                       int64_t K) {
+  const bool scales_aligned = aligned(scales.absmax.data, 4) &&
+                              (!scales.nested || aligned(scales.nested->nested_absmax.data, 4));
+  return (A.dtype == DType::BF16 || A.dtype == DType::F16) && A.shape[0] >= 1 && A.shape[0] <= int64_t{65535} * 16 &&
+         K > 0 && K % kBK == 0 && blocksize >= kBK && aligned(packed.data, 16) && aligned(A.data, 16) && scales_aligned;
 }
 
 }  // namespace
 
 bool gemm4_tile_applies(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
                         int64_t N) {
-  const int64_t M = A.shape[0], K = A.shape[1];
-  const bool scales_aligned = aligned(scales.absmax.data, 4) &&
-                              (!scales.nested || aligned(scales.nested->nested_absmax.data, 4));
-  return (A.dtype == DType::BF16 || A.dtype == DType::F16) && M >= 1 && M <= int64_t{65535} * 16 && N >= 1 && K > 0 &&
-         K % kBK == 0 && blocksize >= kBK && aligned(packed.data, 16) && aligned(A.data, 16) && scales_aligned;
+  return N >= 1 && tile_operands_fit(A, packed, scales, blocksize, A.shape[1]);
 }
 
 void gemm_4bit_tile(const TensorView& A, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
                     QuantType qt, const std::optional<TensorView>& bias, const TensorView& out, int bm, int split) {
   const Call call("gemm_4bit", A);
-  const int64_t M = A.shape[0];
-  if (bm <= 0) bm = M <= 16 ? 16 : M <= 32 ? 32 : M <= 64 ? 64 : 128;
   dispatch_half(A.dtype, [&](auto t) {
+    launch_height<false>(call, gemm4_mma_params<decltype(t)::value>(A, packed, scales, blocksize, qt, bias, out), bm, split);
+  });
+}
+
+bool gemm4_tile_grad_applies(const TensorView& G, const TensorView& packed, const BlockScales& scales,
+                             int64_t blocksize, int64_t K) {
+  const int64_t N = G.shape[1];
+  return N >= 1 && N % 8 == 0 && tile_operands_fit(G, packed, scales, blocksize, K);
+}
+
+void gemm_4bit_grad_tile(const TensorView& G, const TensorView& packed, const BlockScales& scales, int64_t blocksize,
+                         QuantType qt, const TensorView& out, int bm, int split) {
+  const Call call("gemm_4bit_grad", G);
+  dispatch_half(G.dtype, [&](auto t) {
     constexpr DType T = decltype(t)::value;
-    const Gemm4MmaParams<T> p = gemm4_mma_params<T>(A, packed, scales, blocksize, qt, bias, out);
-    switch (bm) {
-      case 16: return launch<T, 16>(call, p, split);
-      case 32: return launch<T, 32>(call, p, split);
-      case 64: return launch<T, 64>(call, p, split);
-      default: return launch<T, 128>(call, p, split);
-    }
+    // gemm4_mma_params reads the forward's shapes (N from out, K from A): here N is G's columns.
+    Gemm4MmaParams<T> p = gemm4_mma_params<T>(G, packed, scales, blocksize, qt, std::nullopt, out);
+    p.N = G.shape[1];
+    p.K = out.shape[1];
+    launch_height<true>(call, p, bm, split);
   });
 }
 

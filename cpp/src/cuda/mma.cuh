@@ -43,6 +43,15 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
                : "r"(smem_u32(p)));
 }
 
+// ldmatrix_x4 with each 8 x 8 matrix transposed: r[j] holds elements (2 (lane % 4), lane / 4) and
+// (2 (lane % 4) + 1, lane / 4) of matrix j (rows as addressed): the col fragment of an mma's B
+// operand from rows that hold its n contiguous.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
 // d += a (16 x 16, row) * b (16 x 8, col), fp32 accumulators.
 template <DType T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {

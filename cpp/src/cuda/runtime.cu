@@ -116,6 +116,7 @@ unsigned Call::grid(int64_t items, int64_t per_block, int per_sm) const {
 const Backend* backend() {
   static const Backend b{
       quantize_4bit,        dequantize_4bit,          gemm_4bit,
+      gemm_4bit_grad,
       quantize_blockwise,   dequantize_blockwise,     absmax_mean,
       absmax_mean_to_host,  quantize_absmax_nested,   dequantize_absmax_nested,
       int8_vectorwise_quant, int8_vectorwise_dequant, int8_linear_matmul,

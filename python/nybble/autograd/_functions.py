@@ -309,6 +309,15 @@ def gemm_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, bias=No
     )
 
 
+def gemm_4bit_grad(G: torch.Tensor, B: torch.Tensor, quant_state: QuantState) -> torch.Tensor:
+    """``G @ dequant(B)``: the gradient of gemm_4bit's A for the output gradient G."""
+    absmax, absmax_8bit, code, offset = _nested_args(quant_state)
+    return _ops.call(
+        "gemm_4bit_grad", G, _ops.plain(B).view(-1, 1), quant_state.shape, absmax, quant_state.blocksize,
+        quant_state.quant_type, absmax_8bit, code, offset,
+    )
+
+
 def dequantize_4bit(B: torch.Tensor, quant_state: QuantState, dtype: torch.dtype) -> torch.Tensor:
     """The weight [N, K] of packed B, decoded straight into ``dtype``."""
     absmax, absmax_8bit, code, offset = _nested_args(quant_state)
@@ -340,8 +349,13 @@ class MatMul4Bit(torch.autograd.Function):
         ctx.state = quant_state
         ctx.dtype_bias = None if bias is None else bias.dtype
         ctx.B = B if ctx.needs_input_grad[0] else None
-        # The backward's dequantize, checked and converted here on the caller's thread.
-        ctx.dequantize = _dequantizer_4bit(B, quant_state) if ctx.needs_input_grad[0] else None
+        # The backward's dequantize, checked and converted here on the caller's thread, where the
+        # backward will dequantize: not where gemm_4bit_grad's rule takes the fused kernel (the
+        # output's gradient has A's rows and dtype), nor where the call is traced.
+        ctx.dequantize = None
+        N, K = quant_state.shape
+        if ctx.needs_input_grad[0] and _ops.eager(A) and not _ops._gemm_4bit_grad_in_cpp(A, N, K, quant_state.blocksize):
+            ctx.dequantize = _dequantizer_4bit(B, quant_state)
         return _copy_out(out, output)
 
     @staticmethod
@@ -356,10 +370,9 @@ class MatMul4Bit(torch.autograd.Function):
             grad_bias = _bias_grad(grad_output, ctx.dtype_bias)
         if req_gradA:
             if ctx.dequantize is not None and _ops.eager(grad_output):
-                W = ctx.dequantize(grad_output.dtype)
-            else:  # traced (compiled autograd) or a subclass: the op
-                W = dequantize_4bit(ctx.B, ctx.state, grad_output.dtype)
-            grad_A = torch.matmul(grad_output, W)
+                grad_A = torch.matmul(grad_output, ctx.dequantize(grad_output.dtype))
+            else:  # gemm_4bit_grad's fused kernel, or traced (compiled autograd) or a subclass: the op
+                grad_A = gemm_4bit_grad(grad_output, ctx.B, ctx.state)
         return grad_A, None, None, grad_bias, None
 
 

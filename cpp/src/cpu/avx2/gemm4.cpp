@@ -448,4 +448,8 @@ void gemm_4bit(const Gemm4Args& a, int64_t n0, int64_t n1) {
   });
 }
 
+// No AVX2 version: the Python layer's CPU backward is dequantize + torch's matmul (oneDNN/MKL),
+// so this op runs on the CPU only when called directly; it is the oracle's.
+void gemm_4bit_grad(const Gemm4Args& a, int64_t k0, int64_t k1) { ref::gemm_4bit_grad(a, k0, k1); }
+
 }  // namespace nybble::cpu::avx2

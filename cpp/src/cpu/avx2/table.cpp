@@ -11,6 +11,7 @@ const Kernels* avx2_kernels() {
       avx2::quantize_8bit,
       avx2::dequantize_8bit,
       avx2::gemm_4bit,
+      avx2::gemm_4bit_grad,
       avx2::int8_quant_rows,
       avx2::int8_matmul,
       avx2::int8_mm_dequant,
