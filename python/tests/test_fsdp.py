@@ -5,6 +5,7 @@ the same computation in one process (bit for bit where the arithmetic is the sam
 The GPU run (NCCL, 2 GPUs, the QLoRA example) is separate; these are the single-machine checks CI
 can run."""
 
+import functools
 import json
 import os
 import socket
@@ -204,7 +205,23 @@ def checkpoint_resume(mesh, rank, out_dir):
     return results
 
 
+def integer_parameter(mesh, rank):
+    """Whether fully_shard takes a module with a uint8 parameter (frozen)."""
+    from torch.distributed.fsdp import fully_shard
+
+    module = torch.nn.Linear(4, 8)
+    module.codes = torch.nn.Parameter(torch.zeros(8, 4, dtype=torch.uint8), requires_grad=False)
+    try:
+        fully_shard(module, mesh=mesh)
+    except RuntimeError as e:
+        if "only Tensors of floating point dtype can require gradients" not in str(e):
+            raise
+        return {"ok": False}
+    return {"ok": True}
+
+
 CASES = {
+    "integer_parameter": integer_parameter,
     "linear4bit_bf16": lambda mesh, rank: linear4bit(mesh, rank, torch.bfloat16),
     "linear4bit_uint8": lambda mesh, rank: linear4bit(mesh, rank, torch.uint8),
     "mixed_precision": mixed_precision,
@@ -218,8 +235,24 @@ CASES = {
 # ---- the tests ----------------------------------------------------------------------------------
 
 
+@functools.cache
+def _shards_integer_parameters() -> bool:
+    return all(r["ok"] for r in run_sharded("integer_parameter"))
+
+
+def _require_integer_parameters() -> None:
+    """Skips where this torch's FSDP2 cannot shard an integer parameter at all: torch 2.11 wraps each
+    shard in an nn.Parameter that requires grad, which an integer tensor cannot (torch 2.15 keeps
+    the parameter's requires_grad). Packed 4-bit weights in uint8 storage and int8 codes need it."""
+    if not _shards_integer_parameters():
+        pytest.skip(f"torch {torch.__version__}'s fully_shard cannot shard an integer parameter "
+                    "(RuntimeError: only Tensors of floating point dtype can require gradients)")
+
+
 @pytest.mark.parametrize("storage", ["bf16", "uint8"])
 def test_linear4bit_shards_gather_every_byte_and_compute_the_same(storage):
+    if storage == "uint8":
+        _require_integer_parameters()
     results = run_sharded(f"linear4bit_{storage}")
     for r in results:
         assert torch.equal(r["gathered"].view(torch.uint8), r["packed"].view(torch.uint8))
@@ -232,6 +265,7 @@ def test_linear4bit_shards_gather_every_byte_and_compute_the_same(storage):
 def test_mixed_precision_converting_packed_bytes_is_a_clear_error():
     # bf16 and uint8 storage reach the layer untouched under a bf16 param_dtype; fp32 storage would
     # be converted value by value into garbage weights: nybble refuses, naming the fix.
+    _require_integer_parameters()
     for r in run_sharded("mixed_precision"):
         for storage in ("torch.bfloat16", "torch.uint8"):
             assert torch.equal(r[storage]["got"], r[storage]["want"]), storage
@@ -242,6 +276,7 @@ def test_mixed_precision_converting_packed_bytes_is_a_clear_error():
 def test_linear8bitlt_shards_gather_its_codes_and_compute_the_same():
     # The all-gathered weight is a plain int8 tensor; the layer keeps its row scales (the reference
     # multiplies the int8 codes as floats here: silently wrong outputs).
+    _require_integer_parameters()
     for r in run_sharded("linear8bit"):
         assert r["codes"].dtype == torch.int8 and torch.equal(r["gathered"], r["codes"])
         assert torch.equal(r["got"], r["want"])
