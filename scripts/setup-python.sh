@@ -25,10 +25,12 @@ if [[ ! -f .ref/bnb/bitsandbytes/__init__.py ]]; then
     echo "setup-python: could not install bitsandbytes==0.50.2 into .ref/bnb; reference tests will skip"
 fi
 
-# The reference with only its CUDA 13 library (~5 MB), small enough to carry to the GPU machine
-# for scripts/device-test.sh and bench/run_h200_bench.py.
-if [[ -f .ref/bnb/bitsandbytes/__init__.py && ! -d .ref/bnb-cuda ]]; then
+# The reference with only its CUDA 13 and CPU libraries (~5 MB), small enough to carry to the GPU
+# machine for scripts/device-test.sh and bench/run_h200_bench.py. The CPU library too: without it the
+# reference's CPU ops fall back to its pure-torch code, whose results differ from the CPU backend
+# the comparison tests (test_functional_reference.py) describe.
+if [[ -f .ref/bnb/bitsandbytes/__init__.py && ! -f .ref/bnb-cuda/bitsandbytes/libbitsandbytes_cpu.so ]]; then
   (cd .ref/bnb && find bitsandbytes bitsandbytes-*.dist-info -type f \
-     \( ! -name 'libbitsandbytes_*' -o -name 'libbitsandbytes_cuda130.so' \) ! -path '*/__pycache__/*' \
-     -exec install -D -m 644 {} ../bnb-cuda/{} \;)
+     \( ! -name 'libbitsandbytes_*' -o -name 'libbitsandbytes_cuda130.so' -o -name 'libbitsandbytes_cpu.so' \) \
+     ! -path '*/__pycache__/*' -exec install -D -m 644 {} ../bnb-cuda/{} \;)
 fi
