@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm4_tile_kernel(Gemm4MmaParams<
   const int dr = tid / 2, dh = tid % 2;
   const auto row0 = [&](int64_t s) { return kGrad ? s * kBN : c0; };
   const auto col0 = [&](int64_t s) { return kGrad ? c0 : s * kBK; };
-  // The activations of step s: A[m0 + r, depth0(s) + j] for j < kDepth, 16 bytes at a time.
+  // The activations (G for kGrad) of step s: A[m0 + r, s kDepth + j] for j < kDepth, 16 bytes at a time.
   const int64_t lda = kGrad ? p.N : p.K;
 
   const auto load_stage = [&](int64_t i) {  // step first + i into its stage; always commits a group
@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm4_tile_kernel(Gemm4MmaParams<
       cp_async<16>(st + 32 * dr + 16 * dh, dn < p.N ? p.packed + (dn * p.K + col0(s)) / 2 + 16 * dh : p.packed,
                    dn < p.N ? 16 : 0);
       S* as = reinterpret_cast<S*>(st + kPackedBytes);
-      const int64_t j0 = kGrad ? s * kBN : s * kBK;
+      const int64_t j0 = s * Tl::kDepth;
       constexpr int kChunks = Tl::kDepth / 8;
       for (int c = tid; c < BM * kChunks; c += kThreads) {
         const int r = c / kChunks, q = c % kChunks;
