@@ -63,8 +63,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <array>
-#include <atomic>
 
 #include "cuda/backend.hpp"
 #include "cuda/codebook.hpp"
@@ -283,20 +281,16 @@ __global__ void __launch_bounds__(kThreads, NF == 1 ? 3 : 2) gemm4_skinny_kernel
 // shared-memory opt-in (a per-GPU function attribute) is set then too, not on every launch.
 template <DType T, int NF>
 int resident_ctas(const Call& call) {
-  static std::array<std::atomic<int>, 64> cache{};  // per GPU; 0 = not set up yet
-  const int device = call.device();
-  const bool cached = device >= 0 && device < static_cast<int>(cache.size());
-  if (cached)
-    if (int n = cache[static_cast<size_t>(device)].load(std::memory_order_relaxed)) return n;
-  const auto kernel = gemm4_skinny_kernel<T, NF>;
-  constexpr int smem = Smem<NF>::kBytes;
-  call.check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "cudaFuncSetAttribute");
-  int n = 0;
-  call.check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem),
-             "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-  n = std::max(n, 1);
-  if (cached) cache[static_cast<size_t>(device)].store(n, std::memory_order_relaxed);
-  return n;
+  static PerDevice cache;
+  return cache.get(call.device(), [&] {
+    const auto kernel = gemm4_skinny_kernel<T, NF>;
+    constexpr int smem = Smem<NF>::kBytes;
+    call.check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "cudaFuncSetAttribute");
+    int n = 0;
+    call.check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    return std::max(n, 1);
+  });
 }
 
 template <DType T, int NF>

@@ -73,8 +73,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <array>
-#include <atomic>
 
 #include "cuda/backend.hpp"
 #include "cuda/codebook.hpp"
@@ -310,18 +308,15 @@ __global__ void __launch_bounds__(kThreads, 2) gemm4_tile_kernel(Gemm4MmaParams<
 // whether clusters are available (compute capability 9.0+).
 template <DType T, int BM, bool kGrad>
 bool setup(const Call& call) {
-  static std::array<std::atomic<int>, 64> cache{};  // per GPU; 0 = not set up, 1 = no clusters, 2 = clusters
-  const int device = call.device();
-  const bool cached = device >= 0 && device < static_cast<int>(cache.size());
-  if (cached)
-    if (int v = cache[static_cast<size_t>(device)].load(std::memory_order_relaxed)) return v == 2;
-  call.check(cudaFuncSetAttribute(gemm4_tile_kernel<T, BM, kGrad>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  Tile<BM, kGrad>::kSmem),
-             "cudaFuncSetAttribute");
-  int major = 0;
-  call.check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
-  if (cached) cache[static_cast<size_t>(device)].store(major >= 9 ? 2 : 1, std::memory_order_relaxed);
-  return major >= 9;
+  static PerDevice cache;  // 1: no clusters, 2: clusters
+  return cache.get(call.device(), [&] {
+    call.check(cudaFuncSetAttribute(gemm4_tile_kernel<T, BM, kGrad>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    Tile<BM, kGrad>::kSmem),
+               "cudaFuncSetAttribute");
+    int major = 0;
+    call.check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, call.device()), "cudaDeviceGetAttribute");
+    return major >= 9 ? 2 : 1;
+  }) == 2;
 }
 
 template <DType T, int BM, bool kGrad>

@@ -9,6 +9,8 @@
 
 #include <cuda_runtime.h>
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -54,6 +56,24 @@ class Call {
 
 // Multiprocessors of a device (queried once per device).
 int sm_count(int device);
+
+// A nonzero int per GPU, computed by the first call for that GPU and kept (GPUs past the 64th
+// compute it on every call): device attributes, a kernel's occupancy, a one-time set-up's outcome.
+class PerDevice {
+ public:
+  template <class F>
+  int get(int device, F&& compute) {
+    const bool cached = device >= 0 && device < static_cast<int>(values_.size());
+    if (cached)
+      if (int v = values_[static_cast<size_t>(device)].load(std::memory_order_relaxed)) return v;
+    const int v = compute();
+    if (cached) values_[static_cast<size_t>(device)].store(v, std::memory_order_relaxed);
+    return v;
+  }
+
+ private:
+  std::array<std::atomic<int>, 64> values_{};  // 0: not computed yet
+};
 
 inline bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 

@@ -4,8 +4,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <array>
-#include <atomic>
 #include <string>
 
 #include "cuda/backend.hpp"
@@ -98,14 +96,12 @@ Call::~Call() {
 }
 
 int sm_count(int device) {
-  static std::array<std::atomic<int>, 64> cache{};  // 0 = not queried yet
-  const bool cached = device >= 0 && device < static_cast<int>(cache.size());
-  if (cached)
-    if (int n = cache[static_cast<size_t>(device)].load(std::memory_order_relaxed)) return n;
-  int n = 0;
-  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "sm_count", "cudaDeviceGetAttribute");
-  if (cached) cache[static_cast<size_t>(device)].store(n, std::memory_order_relaxed);
-  return n;
+  static PerDevice cache;
+  return cache.get(device, [&] {
+    int n = 0;
+    check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "sm_count", "cudaDeviceGetAttribute");
+    return n;
+  });
 }
 
 unsigned Call::grid(int64_t items, int64_t per_block, int per_sm) const {
