@@ -4,16 +4,22 @@
 
 Usage (from the repository root, on a CUDA machine):
     python3 bench/probe_backward_thread.py        # prints the table (docs/benchmarks/backward-thread.md)
+    python3 bench/probe_backward_thread.py --cpus 0,1   # the process pinned first: a cause to test
 
 The layer of bench/run_host_overhead.py: Linear4bit K = N = 256 (NF4 bs 64, double quantization, bf16
 compute), x [M, 256] bf16 requiring grad. MatMul4Bit.backward is replaced by a copy that times each
 of its calls with time.perf_counter (the prepared dequantize and matmul, or gemm_4bit_grad where its
 rule takes the fused kernel) and two plain torch allocations; the same calls are then timed on the
-main thread. Medians of 500 calls after 100 warm-up calls.
+main thread. Medians of 500 calls after 100 warm-up calls. --cpus pins the main thread to those CPUs
+before torch starts any thread (the autograd engine's device thread, created at the first backward,
+inherits the set): if the device thread's slowness is its running on other cores than the main
+thread (the main thread's Python objects in another core's caches), pinning removes it.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
 import sys
 import threading
@@ -38,6 +44,11 @@ def timed(times: dict, key: str, fn):
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cpus", help="comma-separated CPU numbers to pin the process to first")
+    args = ap.parse_args()
+    if args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     torch.manual_seed(0)
     w = torch.randn(256, 256, dtype=torch.bfloat16) / 16
     layer = bnb.nn.Linear4bit(256, 256, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4",
