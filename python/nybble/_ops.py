@@ -398,6 +398,14 @@ def _gemm_4bit_dequant_linear(A, B, shapeB, absmax, blocksize, quant_type, bias,
     return torch.nn.functional.linear(A, W, bias)
 
 
+def linear_dequantized(A, dequantize, bias=None):
+    """gemm_4bit's dequantize + F.linear path with a weight from ``dequantizer_4bit``'s function
+    (MatMul4Bit's forward, which prepares that function for its backward anyway)."""
+    if bias is not None and bias.dtype != A.dtype:
+        bias = bias.to(A.dtype)
+    return torch.nn.functional.linear(A, dequantize(A.dtype), bias)
+
+
 @_kernel("gemm_4bit")
 def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None, absmax_offset=None):
     _check_gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type)

@@ -334,6 +334,28 @@ def test_gemm_4bit_grad_op_against_dequantize_and_matmul(device, dtype, quant_ty
         torch.ops.nybble.gemm_4bit_grad(A[..., :63], packed, [64, 128], absmax, 64, quant_type, absmax_8bit, code, offset)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matmul_4bit_forward_with_grad_shares_the_backward_dequantize(device, dtype):
+    """Above the fused kernels' rows MatMul4Bit's forward multiplies the weight that the dequantize
+    prepared for its backward returns (one conversion of the weight's arguments): the output is the
+    op's (no grad) bit for bit, the bias converted to A's dtype as the op converts it."""
+    from nybble import _ops
+
+    n, k, rows = 96, 320, 300  # past every fused threshold (_fused_rule, _grad_rule)
+    _, packed, qs = _quantized(n, k, "nf4", True, dtype, device=device)
+    A = torch.randn(rows, k, dtype=dtype).to(device)
+    bias = torch.randn(n, dtype=torch.float32).to(device)
+    assert not _ops._gemm_4bit_in_cpp(A, n, k, 64) and not _ops._gemm_4bit_grad_in_cpp(A[:, :n], n, k, 64)
+    with torch.no_grad():
+        want = bnb.matmul_4bit(A, packed.t(), qs, bias=bias)
+    Ag = A.clone().requires_grad_()
+    got = bnb.matmul_4bit(Ag, packed.t(), qs, bias=bias)
+    assert got.dtype == dtype and torch.equal(got, want)
+    got.sum().backward()
+    W = bnb.functional.dequantize_4bit(packed, qs).to(dtype)
+    torch.testing.assert_close(Ag.grad, torch.ones(rows, n, dtype=dtype, device=device) @ W, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("nested", [False, True])
 def test_matmul_4bit_backward_prepared_dequantize(device, nested):
     """The backward's dequantize, prepared in the forward, decodes exactly as the op does; traced

@@ -345,17 +345,21 @@ class MatMul4Bit(torch.autograd.Function):
             ctx.A_shape, ctx.A_dtype, ctx.bias_shape = A.shape, A.dtype, None if bias is None else bias.shape
             N, K = quant_state.shape
             return _copy_out(out, _empty_output(A, K if A.shape[-1] == N and N != K else N))
-        output = gemm_4bit(A, B, quant_state, bias)
+        # The backward's dequantize, checked and converted here on the caller's thread, where the
+        # backward will dequantize: not where gemm_4bit_grad's rule takes the fused kernel (the
+        # output's gradient has A's rows and dtype), nor where the call is traced. Where gemm_4bit's
+        # rule dequantizes too, the forward uses it (one conversion of the weight's arguments).
+        N, K = quant_state.shape
+        ctx.dequantize = None
+        if ctx.needs_input_grad[0] and _ops.eager(A) and not _ops._gemm_4bit_grad_in_cpp(A, N, K, quant_state.blocksize):
+            ctx.dequantize = _dequantizer_4bit(B, quant_state)
+        if ctx.dequantize is not None and A.shape[-1] == K and not _ops._gemm_4bit_in_cpp(A, N, K, quant_state.blocksize):
+            output = _ops.linear_dequantized(A, ctx.dequantize, bias)
+        else:
+            output = gemm_4bit(A, B, quant_state, bias)
         ctx.state = quant_state
         ctx.dtype_bias = None if bias is None else bias.dtype
         ctx.B = B if ctx.needs_input_grad[0] else None
-        # The backward's dequantize, checked and converted here on the caller's thread, where the
-        # backward will dequantize: not where gemm_4bit_grad's rule takes the fused kernel (the
-        # output's gradient has A's rows and dtype), nor where the call is traced.
-        ctx.dequantize = None
-        N, K = quant_state.shape
-        if ctx.needs_input_grad[0] and _ops.eager(A) and not _ops._gemm_4bit_grad_in_cpp(A, N, K, quant_state.blocksize):
-            ctx.dequantize = _dequantizer_4bit(B, quant_state)
         return _copy_out(out, output)
 
     @staticmethod
