@@ -91,8 +91,8 @@ def render(data: dict, stem: str) -> str:
     if grad:
         head = ["# gemm_4bit_grad (the backward's G @ W) on the H200: the tiled kernel against dequantize + matmul",
                 " ".join(__doc__.split("\n\n")[3].split()),
-                f"The rule's thresholds (GPU_GRAD_TILE_MAX_ROWS: weight elements at least, rows up to; "
-                f"{_ops.GPU_GRAD_MIN_MAX_ROWS} below): {[list(r) for r in _ops.GPU_GRAD_TILE_MAX_ROWS]}. "
+                f"The rule's thresholds (GPU_GRAD_TILE_MAX_ROWS: weight elements at least, K at least, rows up to; "
+                f"{_ops.GPU_GRAD_MIN_MAX_ROWS} rows on other weights): {[list(r) for r in _ops.GPU_GRAD_TILE_MAX_ROWS]}. "
                 "Max rel. err: the fused output's largest error over the largest |output| of fp32 G @ dequantize. "
                 "(\"dequantize + F.linear\" in the table: dequantize + torch.matmul; \"bf16 F.linear\": bf16 G @ W.)"]
     else:
