@@ -217,6 +217,11 @@ int main() {
               bench_batch("tile split=" + std::to_string(split) + shape,
                           [&] { cuda::gemm_4bit_tile(Av, weight(), sc, 64, QuantType::NF4, Bv, Ov, 0, split); }, bytes);
         }
+        // The backward's G [M, N] @ W into [M, K] (gemm_4bit_grad's tiled kernel): out's buffer is G,
+        // A's the result; the same bytes.
+        const TensorView Gv = out.view(DType::BF16, {M, N}), Gout = A.view(DType::BF16, {M, K});
+        if (cuda::gemm4_tile_grad_applies(Gv, weight(), sc, 64, K))
+          bench_batch("tile grad" + shape, [&] { cuda::gemm_4bit_grad_tile(Gv, weight(), sc, 64, QuantType::NF4, Gout); }, bytes);
         if (M <= 64)
           for (int wk : {1, 2, 4})
             bench_batch("mma wk=" + std::to_string(wk) + shape,
