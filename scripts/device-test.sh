@@ -12,7 +12,9 @@
 # Usage: scripts/device-test.sh [out-dir] [steps]   steps: any of build,ctest,pytest,sanitize
 #        (build-py builds only the Python extension)
 #        (default all). Logs go to out-dir (default build-device/logs). PYTEST_ARGS (default
-#        python/tests) chooses the Python tests.
+#        python/tests) chooses the Python tests: the whole suite takes longer on the H200 machine
+#        than one device call may run (~11 min on 2026-11-30), so split it there, e.g. the files
+#        up to test_fsdp.py in one call and the rest in the next.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-build-device/logs}")
@@ -48,7 +50,7 @@ fi
 
 if step pytest; then
   export NYBBLE_REFERENCE_DIR=${NYBBLE_REFERENCE_DIR:-$PWD/.ref/bnb-cuda}
-  PYTHONPATH=$PWD/python:$PWD/python/compat "$py" -m pytest -v -rs -p no:cacheprovider ${PYTEST_ARGS:-python/tests} \
+  PYTHONPATH=$PWD/python:$PWD/python/compat "$py" -m pytest -v -rs --durations=25 -p no:cacheprovider ${PYTEST_ARGS:-python/tests} \
     --junitxml="$out/pytest.xml" >"$out/pytest.log" 2>&1 || { echo "pytest exit $?"; dmesg 2>/dev/null | tail -5; }
   grep -E "FAILED|ERROR" "$out/pytest.log" | head -40
   tail -3 "$out/pytest.log"

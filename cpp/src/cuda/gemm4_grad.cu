@@ -7,7 +7,8 @@
 // tensor cores). Every other call (fp32, odd shapes) takes the kernel of this file: one thread per
 // output element (consecutive threads, consecutive k: the weight row's codes are read as one
 // contiguous span by a warp), the sum over n in ascending order with the fp32 weight of the CPU
-// oracle, so it equals cpu/ref gemm_4bit_grad but for FMA contraction. It reads each weight once
+// oracle: the oracle's fp32 operations in its order (neither side contracts them into FMAs:
+// -fmad=false, -ffp-contract=off, cmake/NybbleOptions.cmake). It reads each weight once
 // per row of G: meant for correctness on every shape, not for speed (the Python layer sends large
 // M and these shapes to dequantize + cuBLASLt, _ops.py's rule).
 #include <cuda_runtime.h>
