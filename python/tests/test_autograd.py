@@ -350,6 +350,7 @@ def test_matmul_4bit_forward_with_grad_shares_the_backward_dequantize(device, dt
         want = bnb.matmul_4bit(A, packed.t(), qs, bias=bias)
     Ag = A.clone().requires_grad_()
     got = bnb.matmul_4bit(Ag, packed.t(), qs, bias=bias)
+    assert got.grad_fn.dequantize is not None  # prepared in the forward, for the backward
     assert got.dtype == dtype and torch.equal(got, want)
     got.sum().backward()
     W = bnb.functional.dequantize_4bit(packed, qs).to(dtype)

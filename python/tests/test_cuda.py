@@ -225,7 +225,9 @@ def test_matmul_4bit_backward_both_sides_of_the_grad_threshold(dtype):
     for m in (rows, rows + 1):
         A = torch.randn(m, k, device="cuda", dtype=dtype, requires_grad=True)
         assert _ops._gemm_4bit_grad_in_cpp(g[:m], n, k, 64) == (m == rows)
-        nybble.matmul_4bit(A, packed.t(), state).backward(g[:m])
+        out = nybble.matmul_4bit(A, packed.t(), state)
+        assert (out.grad_fn.dequantize is None) == (m == rows)  # the forward prepares what the backward takes
+        out.backward(g[:m])
         torch.testing.assert_close(A.grad.float(), g[:m].float() @ Wd, rtol=2e-2, atol=2e-2)
         grads.append(A.grad)
     torch.testing.assert_close(grads[1][:rows], grads[0], rtol=2e-2, atol=2e-2)
