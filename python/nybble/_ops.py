@@ -295,8 +295,8 @@ def _(A, absmax, blocksize, quant_type, shape, dtype, absmax_8bit=None, absmax_c
 def dequantizer_4bit(A, absmax, blocksize, quant_type, shape, absmax_8bit=None, absmax_code=None, absmax_offset=None):
     """``dequantize_4bit``'s checks and argument conversions done now, for calls to come: a function
     of the dtype that returns the dequantized weight, or None where A is not ``eager``. For
-    MatMul4Bit, whose backward runs on the autograd engine's device thread, where Python costs more
-    than on the main thread (2.7x for this dequantize, in one probe on the H200's host)."""
+    MatMul4Bit, whose backward runs on the autograd engine's device thread, where every host call
+    costs 3-4.6x its main-thread time (docs/benchmarks/backward-thread.md)."""
     if not eager(A):
         return None
     _check_4bit(blocksize, quant_type)
