@@ -269,18 +269,20 @@ def _dequantize_4bit(A, absmax, blocksize, quant_type, out, absmax_8bit=None, ab
 
 def _dequantize_4bit_checked(A, absmax, blocksize, quant_type, out, absmax_8bit, absmax_code, absmax_offset):
     """_dequantize_4bit past the checks its caller made already (blocksize, quant type, nested scales)."""
-    _dequantize_4bit_into(_dequantize_4bit_args(A, absmax, blocksize, quant_type, absmax_8bit, absmax_code,
+    _dequantize_4bit_into(_weight_args(A, absmax, blocksize, quant_type, absmax_8bit, absmax_code,
                                                 absmax_offset), out)
 
 
-def _dequantize_4bit_args(A, absmax, blocksize, quant_type, absmax_8bit, absmax_code, absmax_offset):
-    """_C.dequantize_4bit's arguments but the output, converted (packed bytes, scales)."""
+def _weight_args(A, absmax, blocksize, quant_type, absmax_8bit, absmax_code, absmax_offset):
+    """The packed 4-bit weight A as nybble._C's 4-bit calls take it (packed bytes, scales, nested
+    blocksize, blocksize, quant type): _C.dequantize_4bit's arguments but the output, and those
+    after the activations of _C.gemm_4bit and _C.gemm_4bit_grad."""
     return (_bytes(A), *_scales(absmax, absmax_8bit, absmax_code, absmax_offset), NESTED_BLOCKSIZE, blocksize,
             quant_type)
 
 
 def _dequantize_4bit_into(args, out):
-    """Runs _C.dequantize_4bit with args from _dequantize_4bit_args into out."""
+    """Runs _C.dequantize_4bit with args from _weight_args into out."""
     _check_float("out", out)
     _C.dequantize_4bit(*args, out, stream=_stream(args[0]))  # the packed bytes' device
 
@@ -301,7 +303,7 @@ def dequantizer_4bit(A, absmax, blocksize, quant_type, shape, absmax_8bit=None, 
         return None
     _check_4bit(blocksize, quant_type)
     _check_nested(absmax_8bit, absmax_code, absmax_offset)
-    args = _dequantize_4bit_args(A, absmax, blocksize, quant_type, absmax_8bit, absmax_code, absmax_offset)
+    args = _weight_args(A, absmax, blocksize, quant_type, absmax_8bit, absmax_code, absmax_offset)
     device = A.device
 
     def dequantize(dtype):
@@ -386,9 +388,9 @@ def _gpu_tile_max_rows(weight_elements: int) -> int:
 def _gemm_4bit_kernel(A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code, absmax_offset):
     N, K = shapeB
     out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=A.device)
-    q, nested, code, offset = _scales(absmax, absmax_8bit, absmax_code, absmax_offset)
-    _C.gemm_4bit(A.reshape(-1, K).contiguous(), _bytes(B), q, nested, code, offset, NESTED_BLOCKSIZE, blocksize,
-                 quant_type, None if bias is None else bias.contiguous(), out.view(-1, N), stream=_stream(A))
+    _C.gemm_4bit(A.reshape(-1, K).contiguous(), *_weight_args(B, absmax, blocksize, quant_type, absmax_8bit, absmax_code,
+                                                                absmax_offset),
+                 None if bias is None else bias.contiguous(), out.view(-1, N), stream=_stream(A))
     return out
 
 
@@ -458,9 +460,9 @@ def _gpu_grad_max_rows(N: int, K: int) -> int:
 def _gemm_4bit_grad_kernel(A, B, shapeB, absmax, blocksize, quant_type, absmax_8bit, absmax_code, absmax_offset):
     N, K = shapeB
     out = torch.empty((*A.shape[:-1], K), dtype=A.dtype, device=A.device)
-    q, nested, code, offset = _scales(absmax, absmax_8bit, absmax_code, absmax_offset)
-    _C.gemm_4bit_grad(A.reshape(-1, N).contiguous(), _bytes(B), q, nested, code, offset, NESTED_BLOCKSIZE, blocksize,
-                      quant_type, out.view(-1, K), stream=_stream(A))
+    _C.gemm_4bit_grad(A.reshape(-1, N).contiguous(), *_weight_args(B, absmax, blocksize, quant_type, absmax_8bit,
+                                                                     absmax_code, absmax_offset),
+                      out.view(-1, K), stream=_stream(A))
     return out
 
 

@@ -350,12 +350,11 @@ class MatMul4Bit(torch.autograd.Function):
         # output's gradient has A's rows and dtype), nor where the call is traced. Where gemm_4bit's
         # rule dequantizes too, the forward uses it (one conversion of the weight's arguments).
         N, K = quant_state.shape
-        bs = quant_state.blocksize
+        bs, rows, on_gpu = quant_state.blocksize, A.numel() // max(K, 1), A.is_cuda
         ctx.dequantize = None
-        if ctx.needs_input_grad[0] and _ops.eager(A) and not _ops._grad_rule(A.numel() // max(K, 1), A.dtype, A.is_cuda,
-                                                                              N, K, bs):
+        if ctx.needs_input_grad[0] and _ops.eager(A) and not _ops._grad_rule(rows, A.dtype, on_gpu, N, K, bs):
             ctx.dequantize = _dequantizer_4bit(B, quant_state)
-        if ctx.dequantize is not None and A.shape[-1] == K and not _ops._gemm_4bit_in_cpp(A, N, K, bs):
+        if ctx.dequantize is not None and A.shape[-1] == K and not _ops._fused_rule(rows, A.dtype, on_gpu, N, K, bs):
             output = _ops.linear_dequantized(A, ctx.dequantize, bias)
         else:
             output = gemm_4bit(A, B, quant_state, bias)
