@@ -56,9 +56,7 @@ void gemm_4bit_grad(const TensorView& G, const TensorView& packed, const BlockSc
   const Call call("gemm_4bit_grad", G);
   dispatch_float(G.dtype, [&](auto t) {
     constexpr DType T = decltype(t)::value;
-    Gemm4MmaParams<T> p = gemm4_mma_params<T>(G, packed, scales, blocksize, qt, std::nullopt, out);
-    p.N = N;  // gemm4_mma_params reads the forward's shapes
-    p.K = K;
+    const Gemm4MmaParams<T> p = gemm4_grad_params<T>(G, packed, scales, blocksize, qt, out);
     const dim3 grid(static_cast<unsigned>(ceil_div(K, kThreads)), static_cast<unsigned>(std::min<int64_t>(M, 65535)));
     gemm4_grad_kernel<T><<<grid, kThreads, 0, call.stream()>>>(p);
     call.check_launch("gemm4_grad_kernel");

@@ -60,6 +60,17 @@ Gemm4MmaParams<T> gemm4_mma_params(const TensorView& A, const TensorView& packed
   return p;
 }
 
+// gemm_4bit_grad's operands (out[M, K] = G[M, N] @ W) in the same struct: A is G, N its columns,
+// K out's columns, no bias.
+template <DType T>
+Gemm4MmaParams<T> gemm4_grad_params(const TensorView& G, const TensorView& packed, const BlockScales& scales,
+                                    int64_t blocksize, QuantType qt, const TensorView& out) {
+  Gemm4MmaParams<T> p = gemm4_mma_params<T>(G, packed, scales, blocksize, qt, std::nullopt, out);
+  p.N = G.shape[1];
+  p.K = out.shape[1];
+  return p;
+}
+
 // Calls f(std::integral_constant<DType, T>{}) for dt = BF16 or F16, the tensor-core kernels' types.
 template <class F>
 void dispatch_half(DType dt, F&& f) {

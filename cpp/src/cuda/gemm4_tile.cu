@@ -392,12 +392,7 @@ void gemm_4bit_grad_tile(const TensorView& G, const TensorView& packed, const Bl
                          QuantType qt, const TensorView& out, int bm, int split) {
   const Call call("gemm_4bit_grad", G);
   dispatch_half(G.dtype, [&](auto t) {
-    constexpr DType T = decltype(t)::value;
-    // gemm4_mma_params reads the forward's shapes (N from out, K from A): here N is G's columns.
-    Gemm4MmaParams<T> p = gemm4_mma_params<T>(G, packed, scales, blocksize, qt, std::nullopt, out);
-    p.N = G.shape[1];
-    p.K = out.shape[1];
-    launch_height<true>(call, p, bm, split);
+    launch_height<true>(call, gemm4_grad_params<decltype(t)::value>(G, packed, scales, blocksize, qt, out), bm, split);
   });
 }
 
